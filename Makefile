@@ -1,0 +1,35 @@
+# The two Quick start commands are `make tutorial` and `make test`; everything else is a helper.
+UV_VERSION := 0.13.8
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+PY := .venv/bin/python
+NOTEBOOKS := 01-train 02-register
+RUNS := runs
+
+.PHONY: setup tutorial test export check-export bench stack-start stack-stop clean
+
+$(UV):
+	python3 -m pip install --user --quiet uv==$(UV_VERSION)
+
+setup: $(UV)  ## create .venv from the lock file
+	$(UV) sync --frozen
+
+tutorial: setup  ## run the numbered notebooks in order into runs/
+	$(PY) scripts/run_notebooks.py $(NOTEBOOKS)
+
+test: setup  ## the whole test suite (TAXI_DATA_DIR points at real TLC months when there are some)
+	$(PY) -m pytest
+
+export: setup  ## regenerate the exported scripts from their notebooks
+	$(PY) scripts/export.py
+
+check-export: setup  ## fail if a committed export differs from a fresh export
+	$(PY) scripts/export.py --check
+
+bench: setup  ## measure ours against the course's way, side by side
+	$(PY) -m benchmarks
+
+stack-start: setup  ## start moto_server and the MLflow server on loopback
+	$(PY) scripts/local_stack.py start
+
+stack-stop:  ## stop them
+	$(PY) scripts/local_stack.py stop

@@ -1,0 +1,156 @@
+"""Ride -> features, written once for training, the web service, the Lambda handler and batch.
+
+A ride is {"PULocationID": int, "DOLocationID": int, "trip_distance": float}. The model sees
+{"PU_DO": "<PU>_<DO>", "trip_distance": <miles>} through a DictVectorizer inside its Pipeline.
+
+`FastPredictor` gives the same numbers as `pipeline.predict` without building a dict per ride: it
+builds the DictVectorizer's sparse matrix straight from integer codes with the vectorizer's own
+vocabulary, and hands it to the pipeline's last step. Pipelines it does not recognise fall back
+to `pipeline.predict`.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import numpy as np
+
+RIDE_FIELDS = ("PULocationID", "DOLocationID", "trip_distance")
+MAX_LOCATION_ID = 300  # TLC zones are 1..265 (plus 264/265 unknown); leave some room
+MAX_TRIP_DISTANCE = 1000.0  # miles; anything longer is a data error, not a taxi ride
+
+
+class BadRide(ValueError):
+    """A ride that cannot be scored; the message says which field and why."""
+
+
+def ride_features(ride: dict) -> dict:
+    """The model's input for one ride: PU_DO as a string (never an int) and the distance."""
+    return {"PU_DO": f"{ride['PULocationID']}_{ride['DOLocationID']}", "trip_distance": ride["trip_distance"]}
+
+
+def frame_features(df) -> list[dict]:
+    """The course's way for a DataFrame: one feature dict per row (slow; kept as the reference)."""
+    pu_do = df["PULocationID"].astype(str) + "_" + df["DOLocationID"].astype(str)
+    return [
+        {"PU_DO": key, "trip_distance": distance}
+        for key, distance in zip(pu_do.tolist(), df["trip_distance"].tolist())
+    ]
+
+
+def validate_ride(ride) -> dict:
+    """Check one ride and return it with canonical types; raise BadRide saying what is wrong."""
+    if not isinstance(ride, dict):
+        raise BadRide(f"a ride must be a JSON object with {list(RIDE_FIELDS)}, got {type(ride).__name__}")
+    missing = [f for f in RIDE_FIELDS if f not in ride]
+    if missing:
+        raise BadRide(f"missing field(s): {', '.join(missing)}")
+    extra = sorted(set(ride) - set(RIDE_FIELDS))
+    if extra:
+        raise BadRide(f"unknown field(s): {', '.join(map(str, extra))}")
+    clean = {}
+    for field in ("PULocationID", "DOLocationID"):
+        value = ride[field]
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            raise BadRide(f"{field} must be an integer zone id, got {value!r}")
+        if not 1 <= value <= MAX_LOCATION_ID:
+            raise BadRide(f"{field} must be between 1 and {MAX_LOCATION_ID}, got {value}")
+        clean[field] = int(value)
+    distance = ride["trip_distance"]
+    if isinstance(distance, bool) or not isinstance(distance, Real):
+        raise BadRide(f"trip_distance must be a number of miles, got {distance!r}")
+    distance = float(distance)
+    if not math.isfinite(distance) or not 0 <= distance <= MAX_TRIP_DISTANCE:
+        raise BadRide(f"trip_distance must be between 0 and {MAX_TRIP_DISTANCE:g} miles, got {distance}")
+    clean["trip_distance"] = distance
+    return clean
+
+
+class FastPredictor:
+    """pipeline.predict for rides, without a dict per ride; identical answers.
+
+    Recognises Pipeline([DictVectorizer, <estimator taking sparse input>]) fitted on
+    ride_features; anything else is served by pipeline.predict on feature dicts.
+    """
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        self.fast = self._compile(pipeline)
+
+    def _compile(self, pipeline) -> bool:
+        from sklearn.feature_extraction import DictVectorizer
+        from sklearn.pipeline import Pipeline
+
+        if not (isinstance(pipeline, Pipeline) and len(pipeline.steps) == 2):
+            return False
+        vectorizer, self.estimator = pipeline.steps[0][1], pipeline.steps[1][1]
+        if not isinstance(vectorizer, DictVectorizer):
+            return False
+        vocabulary = vectorizer.vocabulary_
+        sep = vectorizer.separator
+        if set(vocabulary) - {"trip_distance"} and not all(
+            name == "trip_distance" or name.startswith(f"PU_DO{sep}") for name in vocabulary
+        ):
+            return False
+        self.n_features = len(vocabulary)
+        self.dtype = vectorizer.dtype
+        self.distance_column = vocabulary.get("trip_distance", -1)
+        # pair_column[PU, DO] = the column of "PU_DO=PU_DO", or -1 where the pair was never seen
+        self.pair_column = np.full((MAX_LOCATION_ID + 1, MAX_LOCATION_ID + 1), -1, dtype=np.int64)
+        for name, column in vocabulary.items():
+            if name == "trip_distance":
+                continue
+            pu, _, do = name[len("PU_DO") + len(sep):].partition("_")
+            if not (pu.isdigit() and do.isdigit()) or max(int(pu), int(do)) > MAX_LOCATION_ID:
+                return False
+            self.pair_column[int(pu), int(do)] = column
+        return True
+
+    def matrix(self, pu, do, distance):
+        """The DictVectorizer's output for these rides, built from integer codes."""
+        import scipy.sparse as sp
+
+        pu = np.asarray(pu, dtype=np.int64)
+        do = np.asarray(do, dtype=np.int64)
+        distance = np.asarray(distance, dtype=np.float64)
+        in_range = (pu >= 0) & (pu <= MAX_LOCATION_ID) & (do >= 0) & (do <= MAX_LOCATION_ID)
+        pair = np.full(pu.shape, -1, dtype=np.int64)
+        pair[in_range] = self.pair_column[pu[in_range], do[in_range]]
+        has_pair = pair >= 0
+        has_distance = self.distance_column >= 0
+        per_row = has_pair.astype(np.int64) + int(has_distance)
+        indptr = np.zeros(pu.size + 1, dtype=np.int64)
+        np.cumsum(per_row, out=indptr[1:])
+        # Same order as DictVectorizer.transform: PU_DO first, then trip_distance.
+        indices = np.empty(indptr[-1], dtype=np.int64)
+        values = np.empty(indptr[-1], dtype=self.dtype)
+        starts = indptr[:-1]
+        indices[starts[has_pair]] = pair[has_pair]
+        values[starts[has_pair]] = 1
+        if has_distance:
+            last = indptr[1:] - 1
+            indices[last] = self.distance_column
+            values[last] = distance
+        return sp.csr_matrix((values, indices, indptr), shape=(pu.size, self.n_features))
+
+    def predict_arrays(self, pu, do, distance) -> np.ndarray:
+        """Predictions for columns of PULocationID, DOLocationID and trip_distance."""
+        if not self.fast:
+            pu_do = [f"{a}_{b}" for a, b in zip(np.asarray(pu).tolist(), np.asarray(do).tolist())]
+            dicts = [{"PU_DO": k, "trip_distance": d} for k, d in zip(pu_do, np.asarray(distance).tolist())]
+            return np.asarray(self.pipeline.predict(dicts), dtype=np.float64)
+        return np.asarray(self.estimator.predict(self.matrix(pu, do, distance)), dtype=np.float64)
+
+    def predict_frame(self, df) -> np.ndarray:
+        return self.predict_arrays(
+            df["PULocationID"].to_numpy(), df["DOLocationID"].to_numpy(), df["trip_distance"].to_numpy()
+        )
+
+    def predict_rides(self, rides: list[dict]) -> np.ndarray:
+        """Predictions for validated rides (see validate_ride)."""
+        return self.predict_arrays(
+            [r["PULocationID"] for r in rides],
+            [r["DOLocationID"] for r in rides],
+            [r["trip_distance"] for r in rides],
+        )

@@ -1,0 +1,146 @@
+"""Start and stop the local stand-ins for the cloud: moto_server (S3, Kinesis, IAM, Lambda API)
+and an `mlflow server`, each on loopback, in its own process group, with its log in a file.
+
+Used by scripts/local_stack.py (for readers) and by the tests' fixtures (one definition of how
+each service is started and health-checked).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+HOST = "127.0.0.1"
+# Dummy credentials and a region: moto accepts anything, boto3 insists on having some.
+LOCAL_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+ARTIFACT_BUCKET = "mlflow-artifacts"
+
+
+class ServiceFailed(RuntimeError):
+    """A service did not come up; the message carries the end of its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def bin_path(name: str) -> str:
+    """A console script of this environment (moto_server, mlflow, gunicorn)."""
+    return str(Path(sys.executable).with_name(name))
+
+
+def log_tail(log: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def start(command: list[str], log: Path, health_url: str, env: dict | None = None, timeout: float = 60):
+    """Start a service in its own process group and wait until health_url answers 200."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServiceFailed(f"{command[0]} exited with {process.returncode}; log {log}:\n{log_tail(log)}")
+        try:
+            if requests.get(health_url, timeout=2).status_code == 200:
+                return process
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    stop(process)
+    raise ServiceFailed(f"{command[0]} not healthy after {timeout:.0f}s at {health_url}; log {log}:\n{log_tail(log)}")
+
+
+def stop(process_or_pid, timeout: float = 15) -> None:
+    """Stop a service we started: SIGTERM to its process group, SIGKILL if it lingers."""
+    pid = process_or_pid if isinstance(process_or_pid, int) else process_or_pid.pid
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            break
+        if not isinstance(process_or_pid, int) and process_or_pid.poll() is not None:
+            break
+        time.sleep(0.1)
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if not isinstance(process_or_pid, int):
+        process_or_pid.wait(timeout=5)
+
+
+def start_moto(port: int, log: Path):
+    """moto_server: every AWS API the tutorial uses, at http://127.0.0.1:port."""
+    return start(
+        [bin_path("moto_server"), "-H", HOST, "-p", str(port)],
+        log,
+        f"http://{HOST}:{port}/moto-api/",
+    )
+
+
+def aws_env(moto_url: str) -> dict:
+    """The environment that points boto3 (and MLflow's S3 client) at the local endpoint."""
+    return {**LOCAL_AWS_ENV, "AWS_ENDPOINT_URL": moto_url, "MLFLOW_S3_ENDPOINT_URL": moto_url}
+
+
+def ensure_bucket(bucket: str = ARTIFACT_BUCKET) -> None:
+    import boto3
+
+    s3 = boto3.client("s3")
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except s3.exceptions.ClientError:
+        s3.create_bucket(Bucket=bucket)
+
+
+def start_mlflow(port: int, log: Path, backend_uri: str, artifact_root: str, env: dict | None = None):
+    """`mlflow server` with a sqlite backend and artifacts stored directly at artifact_root.
+
+    --no-serve-artifacts: clients read and write the s3:// root themselves, so a model's
+    artifact URI is a real s3:// URI that works with the server down.
+    """
+    return start(
+        [
+            bin_path("mlflow"), "server",
+            "--host", HOST, "--port", str(port),
+            "--backend-store-uri", backend_uri,
+            "--default-artifact-root", artifact_root,
+            "--no-serve-artifacts",
+            "--workers", "1",
+        ],
+        log,
+        f"http://{HOST}:{port}/health",
+        env=env,
+        timeout=120,
+    )

@@ -1,0 +1,138 @@
+"""Load the served model by URI, with or without the MLflow tracking server.
+
+Accepted URIs: `models:/ride-duration@production` (alias), `models:/m-...` (model id),
+`runs:/...`, or the artifact folder itself as `s3://...`, `file://...` or a plain path.
+Registry URIs need MLflow and the tracking server; artifact URIs need neither (no `import mlflow`,
+which alone costs over a second of a cold start), so a service started with one keeps working
+when the tracking server is down.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+REGISTERED_MODEL = "ride-duration"
+PRODUCTION_ALIAS = "production"
+
+
+class ModelLoadError(RuntimeError):
+    """The model URI does not lead to a loadable scikit-learn model; the message says why."""
+
+
+@dataclass
+class LoadedModel:
+    pipeline: object
+    model_id: str  # MLflow's id of the logged model, "m-..."; the version every prediction carries
+    uri: str
+    registered_version: str | None = None  # "ride-duration/3" when loaded through the registry
+    info: dict = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return self.model_id
+
+
+def load_model(uri: str) -> LoadedModel:
+    """Load a model by URI; raise ModelLoadError with a one-line reason if it cannot be done."""
+    if not uri:
+        raise ModelLoadError("no model URI given (set MODEL_URI)")
+    scheme = urlparse(uri).scheme
+    try:
+        if scheme in ("models", "runs"):
+            return _load_from_mlflow(uri)
+        if scheme == "s3":
+            with tempfile.TemporaryDirectory(prefix="model-") as folder:
+                _download_s3_folder(uri, Path(folder))
+                return load_model_folder(Path(folder), uri)
+        path = Path(urlparse(uri).path if scheme == "file" else uri)
+        return load_model_folder(path, uri)
+    except ModelLoadError:
+        raise
+    except Exception as error:
+        raise ModelLoadError(f"cannot load model {uri}: {type(error).__name__}: {error}") from error
+
+
+def load_model_folder(folder: Path, uri: str | None = None) -> LoadedModel:
+    """Load an MLflow sklearn model folder (MLmodel + model.skops or model.pkl)."""
+    import yaml
+
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.is_file():
+        raise ModelLoadError(f"cannot load model {uri or folder}: no MLmodel file there")
+    info = yaml.safe_load(mlmodel.read_text())
+    flavor = info.get("flavors", {}).get("sklearn")
+    if flavor is None:
+        raise ModelLoadError(f"cannot load model {uri or folder}: not a scikit-learn model")
+    data = folder / flavor["pickled_model"]
+    if flavor.get("serialization_format") == "skops":
+        import skops.io
+
+        pipeline = skops.io.load(data, trusted=skops.io.get_untrusted_types(file=data))
+    else:
+        import pickle
+
+        with open(data, "rb") as f:
+            pipeline = pickle.load(f)  # noqa: S301 - our own artifact, logged by notebook 01
+    model_id = info.get("model_id") or info.get("run_id") or "unknown"
+    return LoadedModel(pipeline=pipeline, model_id=model_id, uri=uri or str(folder), info=info)
+
+
+def _download_s3_folder(uri: str, dest: Path) -> None:
+    import boto3
+
+    parsed = urlparse(uri)
+    bucket, prefix = parsed.netloc, parsed.path.lstrip("/").rstrip("/") + "/"
+    s3 = boto3.client("s3")
+    found = False
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            target = dest / item["Key"][len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, item["Key"], str(target))
+            found = True
+    if not found:
+        raise ModelLoadError(f"cannot load model {uri}: nothing stored under that S3 prefix")
+
+
+def _load_from_mlflow(uri: str) -> LoadedModel:
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    loaded = load_model_folder(local, uri)
+    loaded.registered_version = _registered_version(uri)
+    return loaded
+
+
+def _registered_version(uri: str) -> str | None:
+    """'name/version' for models:/name@alias and models:/name/version URIs."""
+    from mlflow import MlflowClient
+
+    path = uri[len("models:/"):] if uri.startswith("models:/") else ""
+    if not path or path.startswith("m-"):
+        return None
+    client = MlflowClient()
+    if "@" in path:
+        name, alias = path.split("@", 1)
+        return f"{name}/{client.get_model_version_by_alias(name, alias).version}"
+    name, _, version = path.partition("/")
+    return f"{name}/{version}" if version.isdigit() else None
+
+
+def artifact_uri(model_uri: str) -> str:
+    """Where a registered model's files are stored (s3://... in server mode), asked of MLflow."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    path = model_uri[len("models:/"):]
+    if path.startswith("m-"):
+        return client.get_logged_model(path).artifact_location
+    if "@" in path:
+        name, alias = path.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+    else:
+        name, number = path.split("/", 1)
+        version = client.get_model_version(name, number)
+    return client.get_model_version_download_uri(version.name, version.version)

@@ -1,0 +1,102 @@
+"""Start or stop the local cloud for readers: moto_server and an MLflow server on loopback.
+
+    python scripts/local_stack.py start    # both, health-checked; prints the environment to export
+    python scripts/local_stack.py env      # print that environment again
+    python scripts/local_stack.py status
+    python scripts/local_stack.py stop
+
+Logs and process ids live in .local-stack/. The MLflow server keeps its runs in
+.local-stack/mlflow-server.db and its artifacts in s3://mlflow-artifacts on moto_server (which
+keeps them in memory: stopping moto forgets them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ride_duration import local_stack
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = ROOT / ".local-stack"
+MOTO_PORT = int(os.environ.get("MOTO_PORT", 4566))
+MLFLOW_PORT = int(os.environ.get("MLFLOW_PORT", 5000))
+MOTO_URL = f"http://{local_stack.HOST}:{MOTO_PORT}"
+MLFLOW_URL = f"http://{local_stack.HOST}:{MLFLOW_PORT}"
+
+
+def reader_env() -> dict:
+    return {**local_stack.aws_env(MOTO_URL), "MLFLOW_TRACKING_URI": MLFLOW_URL}
+
+
+def pid_of(name: str) -> int | None:
+    path = STATE / f"{name}.pid"
+    if not path.exists():
+        return None
+    pid = int(path.read_text())
+    try:
+        os.killpg(pid, 0)
+        return pid
+    except ProcessLookupError:
+        path.unlink()
+        return None
+
+
+def start() -> None:
+    STATE.mkdir(exist_ok=True)
+    os.environ.update(local_stack.aws_env(MOTO_URL))
+    if pid_of("moto") is None:
+        process = local_stack.start_moto(MOTO_PORT, STATE / "moto.log")
+        (STATE / "moto.pid").write_text(str(process.pid))
+        print(f"moto_server up at {MOTO_URL} (log .local-stack/moto.log)")
+    local_stack.ensure_bucket()
+    if pid_of("mlflow") is None:
+        process = local_stack.start_mlflow(
+            MLFLOW_PORT,
+            STATE / "mlflow.log",
+            f"sqlite:///{STATE / 'mlflow-server.db'}",
+            f"s3://{local_stack.ARTIFACT_BUCKET}/",
+            env=local_stack.aws_env(MOTO_URL),
+        )
+        (STATE / "mlflow.pid").write_text(str(process.pid))
+        print(f"MLflow server up at {MLFLOW_URL} (log .local-stack/mlflow.log)")
+    print_env()
+
+
+def print_env() -> None:
+    print("\n# Paste into your shell to use the local stack (unset them to talk to real AWS):")
+    for key, value in reader_env().items():
+        print(f"export {key}={value}")
+
+
+def stop() -> None:
+    for name in ("mlflow", "moto"):
+        pid = pid_of(name)
+        if pid is not None:
+            local_stack.stop(pid)
+            (STATE / f"{name}.pid").unlink(missing_ok=True)
+            print(f"stopped {name} (pid {pid})")
+
+
+def status() -> None:
+    for name, url in (("moto", MOTO_URL), ("mlflow", MLFLOW_URL)):
+        pid = pid_of(name)
+        print(f"{name:7} {'running, pid ' + str(pid) if pid else 'stopped'} {url if pid else ''}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["start", "stop", "status", "env"])
+    args = parser.parse_args(argv)
+    try:
+        {"start": start, "stop": stop, "status": status, "env": print_env}[args.command]()
+    except local_stack.ServiceFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

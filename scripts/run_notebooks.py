@@ -1,0 +1,63 @@
+"""Run notebooks in order with papermill; executed copies go to runs/ (ignored by git).
+
+    python scripts/run_notebooks.py 01-train 02-register
+    python scripts/run_notebooks.py 01-train -p train_month 3
+
+Stops at the first notebook that fails and says where its executed copy is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+RUNS = ROOT / "runs"
+
+
+def run_notebook(name: str, parameters: dict | None = None, output_dir: Path = RUNS) -> Path:
+    """Execute notebooks/<name>.ipynb with papermill (cwd notebooks/) and return the executed copy."""
+    import papermill
+
+    source = NOTEBOOKS / (name if name.endswith(".ipynb") else f"{name}.ipynb")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    output = output_dir / source.name
+    papermill.execute_notebook(
+        str(source), str(output), parameters=parameters or {}, cwd=str(NOTEBOOKS), progress_bar=False, log_output=False
+    )
+    return output
+
+
+def parse_value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("notebooks", nargs="+", help="notebook names in notebooks/, e.g. 01-train")
+    parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a parameter for every notebook that has it")
+    args = parser.parse_args(argv)
+    parameters = {name: parse_value(value) for name, value in args.p}
+    for name in args.notebooks:
+        started = time.perf_counter()
+        print(f"running notebooks/{name}.ipynb ...", flush=True)
+        try:
+            output = run_notebook(name, parameters)
+        except Exception as error:
+            print(f"FAILED: {name}: {error}\n  executed copy: {RUNS / (name + '.ipynb')}", file=sys.stderr)
+            return 1
+        print(f"  done in {time.perf_counter() - started:.1f}s -> {output.relative_to(ROOT)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

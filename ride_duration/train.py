@@ -7,6 +7,7 @@ in seconds without running a notebook.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from importlib.metadata import version
 
 import numpy as np
@@ -25,11 +26,18 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
+def sqlite_artifact_location(uri: str) -> str | None:
+    """Artifacts of an embedded store go in mlartifacts/ beside its database file, whatever the cwd."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+
+
 def setup_tracking(experiment: str = EXPERIMENT) -> str:
     """Point MLflow at the tracking store and make sure the experiment exists; returns its id.
 
-    In embedded mode the artifacts go to the project's mlartifacts/ folder whatever the working
-    directory; in server mode the server decides (an s3:// root on the local S3 endpoint).
+    In embedded mode the artifacts go to mlartifacts/ beside the database; in server mode the
+    server decides (an s3:// root on the local S3 endpoint).
     """
     import mlflow
 
@@ -37,7 +45,7 @@ def setup_tracking(experiment: str = EXPERIMENT) -> str:
     mlflow.set_tracking_uri(uri)
     existing = mlflow.get_experiment_by_name(experiment)
     if existing is None:
-        location = (PROJECT_ROOT / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+        location = sqlite_artifact_location(uri)
         experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
     else:
         experiment_id = existing.experiment_id

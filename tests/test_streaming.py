@@ -11,7 +11,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -512,6 +511,15 @@ def test_ten_thousand_rides_survive_killing_the_runner(ten_thousand_rides, make_
 def test_commands_explain_themselves(script):
     out = subprocess.run([sys.executable, str(STREAMING / script), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("usage:"), out.stderr
+
+
+def test_the_handler_runs_on_an_event_file_from_the_command_line(registered_model):
+    env = {**os.environ, "MODEL_URI": registered_model["artifact_uri"], "DRY_RUN": "1"}
+    out = subprocess.run([sys.executable, str(STREAMING / "lambda_function.py"), str(SAMPLE_EVENT)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    response = json.loads(out.stdout)
+    assert response["batchItemFailures"] == [] and response["predictions"][0]["prediction"]["ride_id"] == 256
 
 
 def test_producer_runner_consumer_commands_end_to_end(make_stream, registered_model, tmp_path):

@@ -6,6 +6,7 @@ image, and the Kinesis event-source mapping with ReportBatchItemFailures.
     # push it to ECR, then:
     python streaming/deploy.py --image-uri 123456789012.dkr.ecr.eu-west-1.amazonaws.com/ride-duration-stream:v1 \\
         --model-uri s3://mlflow-artifacts/1/models/m-.../artifacts
+    python streaming/deploy.py --streams-only      # just the two streams (e.g. on moto_server)
 
 Running it again updates what exists (function image and settings, the mapping's settings)
 instead of failing, so a new image is deployed by running the same command.
@@ -166,8 +167,10 @@ def deploy(settings: DeploySettings, session=None) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image-uri", required=True, help="the pushed image, e.g. <account>.dkr.ecr.<region>.amazonaws.com/ride-duration-stream:v1")
-    parser.add_argument("--model-uri", required=True, help="the model's artifact URI (s3://...), so that no tracking server is needed")
+    parser.add_argument("--streams-only", action="store_true",
+                        help="create the two streams and stop (what the local loop needs on moto_server)")
+    parser.add_argument("--image-uri", help="the pushed image, e.g. <account>.dkr.ecr.<region>.amazonaws.com/ride-duration-stream:v1")
+    parser.add_argument("--model-uri", help="the model's artifact URI (s3://...), so that no tracking server is needed")
     parser.add_argument("--function-name", default=DeploySettings.function_name)
     parser.add_argument("--input-stream", default=DeploySettings.input_stream)
     parser.add_argument("--output-stream", default=DeploySettings.output_stream)
@@ -178,6 +181,15 @@ def main(argv=None) -> int:
     parser.add_argument("--max-retries", type=int, default=DeploySettings.max_retries)
     parser.add_argument("--on-failure-arn", help="SQS queue / SNS topic / S3 bucket ARN for batches that failed every retry")
     args = parser.parse_args(argv)
+    if args.streams_only:
+        import boto3
+
+        kinesis = boto3.client("kinesis")
+        arns = {name: ensure_stream(kinesis, name, args.shards) for name in (args.input_stream, args.output_stream)}
+        print(json.dumps(arns, indent=2))
+        return 0
+    if not (args.image_uri and args.model_uri):
+        parser.error("--image-uri and --model-uri are required (unless --streams-only)")
     settings = DeploySettings(
         image_uri=args.image_uri, model_uri=args.model_uri, function_name=args.function_name,
         input_stream=args.input_stream, output_stream=args.output_stream, shards=args.shards,

@@ -200,7 +200,12 @@ class Runner:
                 if s.max_batches is not None and self.report.invocations >= s.max_batches:
                     self.report.stopped = f"max batches ({s.max_batches})"
                     break
-                response = self.client.get_records(ShardIterator=iterator, Limit=s.batch_size)
+                try:
+                    response = self.client.get_records(ShardIterator=iterator, Limit=s.batch_size)
+                except self.client.exceptions.ExpiredIteratorException:  # idle over 5 minutes on real Kinesis
+                    iterators[shard] = shard_iterator(self.client, s.stream, shard, s.starting_position,
+                                                      self.checkpoint.position(shard))
+                    continue
                 if response["Records"] or response.get("MillisBehindLatest", 0) > 0:
                     caught_up = False
                 if response["Records"]:

@@ -522,8 +522,9 @@ def test_the_handler_runs_on_an_event_file_from_the_command_line(registered_mode
     assert response["batchItemFailures"] == [] and response["predictions"][0]["prediction"]["ride_id"] == 256
 
 
-def test_producer_runner_consumer_commands_end_to_end(make_stream, registered_model, tmp_path):
-    rides_in, out = make_stream(), make_stream()
+def test_the_local_loop_of_the_readme_with_the_commands(moto_url, registered_model, tmp_path):
+    """deploy.py --streams-only, producer.py, runner.py, consumer.py: streaming/README.md's loop."""
+    rides_in, out = unique("rides"), unique("predictions")
     env = {**os.environ, "MODEL_URI": registered_model["artifact_uri"], "PREDICTIONS_STREAM_NAME": out}
     env.pop("DRY_RUN", None)
 
@@ -533,6 +534,9 @@ def test_producer_runner_consumer_commands_end_to_end(make_stream, registered_mo
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout
 
+    arns = json.loads(command("deploy.py", "--streams-only", "--shards", "2", "--input-stream", rides_in,
+                              "--output-stream", out))
+    assert set(arns) == {rides_in, out}
     sent = command("producer.py", "--stream", rides_in, "--year", "2021", "--month", "1", "-n", "25",
                    "--start-row", "100", "--synthetic", "fallback")
     assert sent.startswith("sent 25 rides")

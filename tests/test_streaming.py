@@ -28,7 +28,7 @@ import pytest
 from conftest import IN_CI, ROOT, require_real_months
 from ride_duration.data import read_month
 from ride_duration.features import BadRide, ride_features, validate_ride
-from ride_duration.kinesis import MAX_BYTES_PER_PUT, MAX_RECORDS_PER_PUT, put_records
+from ride_duration.kinesis import MAX_BYTES_PER_PUT, MAX_RECORDS_PER_PUT, put_records, read_stream
 
 STREAMING = ROOT / "streaming"
 SAMPLE_EVENT = STREAMING / "events" / "kinesis-sample.json"
@@ -372,6 +372,25 @@ def test_runner_resumes_after_its_checkpoint_and_refuses_another_streams(make_st
 
     with pytest.raises(runner.CheckpointMismatch, match="delete it"):
         runner.run(second, quick_settings(make_stream(), tmp_path), log=lambda line: None)
+
+
+def test_runner_can_send_failures_to_a_stream(make_stream, tmp_path):
+    stream, failure_stream = make_stream(), make_stream()
+    seqs = put_numbered(stream, 3)
+    poison_first = ScriptedHandler(lambda call, batch: {"batchItemFailures": [{"itemIdentifier": seqs[0]}]})
+    runner.run(poison_first, quick_settings(stream, tmp_path, max_retries=0, failure_stream=failure_stream),
+               log=lambda line: None)
+    [failure] = [json.loads(r["Data"]) for r in read_stream(boto3.client("kinesis"), failure_stream, idle_seconds=0.3)]
+    assert (failure["sequenceNumber"], base64.b64decode(failure["data"]), failure["attempts"]) == (seqs[0], b"0", 1)
+    assert not (tmp_path / "checkpoint.failures.jsonl").exists()
+
+
+def test_runner_starting_at_latest_skips_what_is_already_there(make_stream, tmp_path):
+    stream = make_stream()
+    put_numbered(stream, 5)
+    handler = ScriptedHandler(lambda call, batch: None)
+    report = runner.run(handler, quick_settings(stream, tmp_path, starting_position="LATEST"), log=lambda line: None)
+    assert report.records == 0 and handler.batches == []
 
 
 def test_runner_stops_after_max_batches(make_stream, tmp_path):

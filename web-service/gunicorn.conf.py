@@ -1,0 +1,52 @@
+"""gunicorn settings for predict.py.
+
+    gunicorn -c web-service/gunicorn.conf.py predict:app    # from the repository root
+    gunicorn predict:app                                     # from web-service/ (the container)
+
+gunicorn reads ./gunicorn.conf.py from the directory it starts in (before applying --chdir, so
+`gunicorn --chdir web-service predict:app` alone would not find this file); `chdir` below then
+puts predict.py on the import path whichever way it was started.
+
+Everything a deployment changes comes from the environment:
+  BIND              address to listen on (default 0.0.0.0:9696)
+  WEB_CONCURRENCY   worker processes (default 2: one per core of a small machine)
+  GUNICORN_THREADS  threads per worker (default 2)
+"""
+
+import os
+import shutil
+import tempfile
+
+chdir = os.path.dirname(os.path.abspath(__file__))
+bind = os.environ.get("BIND", "0.0.0.0:9696")
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# gthread keeps client connections alive between requests (the sync worker closes each one); a
+# prediction is ~10 µs of Python, so a second thread mostly overlaps one request's network I/O
+# with another's work rather than fighting over the GIL.
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "2"))
+keepalive = 5
+# Load the model once in the master, before forking: the workers share its memory, and a bad
+# MODEL_URI ends start-up with predict.py's one-line reason instead of a crash loop per worker.
+preload_app = True
+# No control socket: its default path is shared by every gunicorn of the user, and several run at once here.
+control_socket_disable = True
+
+# prometheus_client's multiprocess mode: every worker writes its metrics to files in this folder
+# and /metrics adds them up. It must be set before predict.py imports prometheus_client, and be
+# empty at start, hence a fresh folder per run unless the deployment names one.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="predict-metrics-")
+    os.environ["PREDICT_METRICS_DIR_OWNED"] = "1"
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live-gauge files, so that it no longer counts as serving a model."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if os.environ.get("PREDICT_METRICS_DIR_OWNED"):
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -13,6 +13,7 @@ Everything a deployment changes comes from the environment:
   GUNICORN_THREADS  threads per worker (default 2)
 """
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -33,11 +34,17 @@ preload_app = True
 control_socket_disable = True
 
 # prometheus_client's multiprocess mode: every worker writes its metrics to files in this folder
-# and /metrics adds them up. It must be set before predict.py imports prometheus_client, and be
-# empty at start, hence a fresh folder per run unless the deployment names one.
+# and /metrics adds them up. It must be set before predict.py imports prometheus_client and be
+# empty at start, hence a fresh folder per run (removed when the master exits, even when start-up
+# fails) unless the deployment names one.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="predict-metrics-")
-    os.environ["PREDICT_METRICS_DIR_OWNED"] = "1"
+
+    def remove_metrics_dir(folder=os.environ["PROMETHEUS_MULTIPROC_DIR"], master_pid=os.getpid()):
+        if os.getpid() == master_pid:  # workers inherit this handler; only the master cleans up
+            shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(remove_metrics_dir)
 
 
 def child_exit(server, worker):
@@ -45,8 +52,3 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
-
-
-def on_exit(server):
-    if os.environ.get("PREDICT_METRICS_DIR_OWNED"):
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

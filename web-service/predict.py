@@ -135,7 +135,13 @@ def create_app(model: LoadedModel, *, max_body_bytes: int = 256 * 1024, max_ride
             raise Unauthorized("missing or wrong X-API-Key header")
         if not request.is_json:
             raise UnsupportedMediaType("send JSON with the header Content-Type: application/json")
-        rides, single = parse_rides(request.get_data(cache=False), max_rides)
+        try:
+            body = request.get_data(cache=False)
+            if request.content_length is None and len(body) >= max_body_bytes:
+                request.stream.read(1)  # a chunked body stops at the limit; reading on raises 413
+        except RequestEntityTooLarge:
+            raise RequestEntityTooLarge(f"the body is larger than the limit of {max_body_bytes} bytes") from None
+        rides, single = parse_rides(body, max_rides)
         if single:
             ride = rides[0]
             duration = predictor.predict_one(ride["PULocationID"], ride["DOLocationID"], ride["trip_distance"])

@@ -37,12 +37,19 @@ def start_service(logs_dir: Path, name: str, env: dict):
 
 
 @pytest.fixture(scope="module")
-def service(registered_model, logs_dir):
+def metrics_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("prometheus")
+
+
+@pytest.fixture(scope="module")
+def service(registered_model, logs_dir, metrics_dir):
     """Served from the artifact URI, with MLFLOW_TRACKING_URI pointing at a port where nothing
     listens: serving must not need the tracking server."""
     dead_tracking = f"http://{local_stack.HOST}:{local_stack.free_port()}"
     process, url, log = start_service(
-        logs_dir, "predict", {"MODEL_URI": registered_model["artifact_uri"], "MLFLOW_TRACKING_URI": dead_tracking}
+        logs_dir, "predict",
+        {"MODEL_URI": registered_model["artifact_uri"], "MLFLOW_TRACKING_URI": dead_tracking,
+         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
     )
     yield url
     local_stack.stop(process)
@@ -155,15 +162,19 @@ def scrape(url: str) -> dict:
     }
 
 
-def test_metrics_add_up_over_every_worker(service, registered_model):
+def test_metrics_add_up_over_every_worker(service, registered_model, metrics_dir):
     """Requests land on both gunicorn workers; /metrics must count all of them, whichever answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
     predict_ok = ("ride_duration_requests_total", frozenset({("endpoint", "predict"), ("status", "200")}))
     predict_422 = ("ride_duration_requests_total", frozenset({("endpoint", "predict"), ("status", "422")}))
     predicted = ("ride_duration_predicted_minutes_count", frozenset())
     latency = ("ride_duration_request_seconds_count", frozenset({("endpoint", "predict")}))
     before = scrape(service)
-    for _ in range(40):  # a new connection each time, so that both workers get some
-        assert requests.post(f"{service}/predict", json=EXAMPLE_RIDE, timeout=10).status_code == 200
+    with ThreadPoolExecutor(8) as pool:  # concurrent new connections, so that both workers get some
+        statuses = list(pool.map(lambda _: requests.post(f"{service}/predict", json=EXAMPLE_RIDE, timeout=10).status_code, range(40)))
+    assert statuses == [200] * 40
+    assert len(list(metrics_dir.glob("counter_*.db"))) >= 2, "only one worker served: the test proves nothing"
     for _ in range(3):
         assert requests.post(f"{service}/predict", json={"PULocationID": 10}, timeout=10).status_code == 422
     assert requests.post(f"{service}/predict", json=[EXAMPLE_RIDE] * 5, timeout=10).status_code == 200

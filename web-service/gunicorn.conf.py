@@ -10,7 +10,7 @@ puts predict.py on the import path whichever way it was started.
 Everything a deployment changes comes from the environment:
   BIND              address to listen on (default 0.0.0.0:9696)
   WEB_CONCURRENCY   worker processes (default 2: one per core of a small machine)
-  GUNICORN_THREADS  threads per worker (default 2)
+  GUNICORN_THREADS  threads per worker (default 4)
 """
 
 import atexit
@@ -21,11 +21,14 @@ import tempfile
 chdir = os.path.dirname(os.path.abspath(__file__))
 bind = os.environ.get("BIND", "0.0.0.0:9696")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# gthread keeps client connections alive between requests (the sync worker closes each one); a
-# prediction is ~10 µs of Python, so a second thread mostly overlaps one request's network I/O
-# with another's work rather than fighting over the GIL.
+# One worker process per core: a request is CPU-bound Python, more processes only add switching.
+# gthread keeps client connections alive between requests (the sync worker closes each one after
+# a single response); idle connections wait in its poller, and the threads overlap one request's
+# socket I/O with another's Python. Measured on 2 cores at 8 connections (benchmarks/bench_web.py):
+# 2 sync workers ~1,300 req/s, 2 x 1 thread ~2,700, 2 x 2 ~4,100, 2 x 4 ~4,300, 3 x 2 ~4,500 (noise
+# on a shared machine is +-30%, so beyond 2 x 2 the differences are within it).
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 keepalive = 5
 # Load the model once in the master, before forking: the workers share its memory, and a bad
 # MODEL_URI ends start-up with predict.py's one-line reason instead of a crash loop per worker.

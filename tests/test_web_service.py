@@ -225,6 +225,18 @@ def test_bad_input_gets_a_clear_4xx(service, case):
     assert message in response.json()["message"]
 
 
+def test_connection_stays_usable_after_a_refused_body(service, registered_model):
+    """A body refused unread is more than gunicorn drains: the 413 must say Connection: close, so
+    that a keep-alive client opens a new connection instead of writing into a closed one."""
+    headers = {"Content-Type": "application/json"}
+    with requests.Session() as session:
+        for size in (300_000, 1_000_000):
+            refused = session.post(f"{service}/predict", data=b" " * size, headers=headers, timeout=10)
+            assert refused.status_code == 413 and refused.headers["Connection"] == "close"
+            answer = session.post(f"{service}/predict", json=EXAMPLE_RIDE, timeout=10)
+            assert answer.status_code == 200 and answer.headers["Connection"] == "keep-alive"
+
+
 @pytest.mark.parametrize(("method", "path", "status"), [("GET", "/predict", 405), ("POST", "/nowhere", 404)])
 def test_wrong_route_or_method_is_a_json_error(service, method, path, status):
     response = requests.request(method, f"{service}{path}", timeout=10)

@@ -55,3 +55,17 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+# gunicorn drains at most 64 KiB of a body the app left unread (a refused, too-large one) before
+# reusing the connection; past that it closes the connection, although its answer said keep-alive.
+UNREAD_BODY_DRAIN_BYTES = 64 * 1024
+
+
+def pre_request(worker, req):
+    """Say "Connection: close" up front for a body gunicorn might not be able to drain (declared
+    over 64 KiB, or chunked), so that a client never sends its next request down a dead connection."""
+    headers = dict(req.headers)
+    length = headers.get("CONTENT-LENGTH", "0")
+    if "chunked" in headers.get("TRANSFER-ENCODING", "").lower() or (length.isdigit() and int(length) > UNREAD_BODY_DRAIN_BYTES):
+        req.must_close = True

@@ -17,12 +17,14 @@ from ride_duration.model import LoadedModel, ModelLoadError, load_model
 
 
 DEFAULT_MODEL_URI = "models:/ride-duration@production"
+DEFAULT_MAX_BODY_BYTES = 256 * 1024  # room for a list of 1,000 rides
+DEFAULT_MAX_RIDES = 1000
 
 
 def settings_from_env(environ=os.environ) -> dict:
     """create_app's keyword arguments from MAX_BODY_BYTES, MAX_RIDES and API_KEY."""
     settings = {"api_key": environ.get("API_KEY") or None}
-    for name, default in (("MAX_BODY_BYTES", 256 * 1024), ("MAX_RIDES", 1000)):
+    for name, default in (("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES), ("MAX_RIDES", DEFAULT_MAX_RIDES)):
         text = environ.get(name, str(default))
         if not text.isdigit() or int(text) < 1:
             raise ValueError(f"{name} must be a positive integer, got {text!r}")
@@ -91,7 +93,7 @@ def json_response(payload, status: int = 200) -> Response:
     return Response(json.dumps(payload), status=status, mimetype="application/json")
 
 
-def create_app(model: LoadedModel, *, max_body_bytes: int = 256 * 1024, max_rides: int = 1000,
+def create_app(model: LoadedModel, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_rides: int = DEFAULT_MAX_RIDES,
                api_key: str | None = None) -> Flask:
     """The prediction service for one loaded model."""
     predictor = FastPredictor(model.pipeline)

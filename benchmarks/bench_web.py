@@ -1,6 +1,6 @@
 """The web service, ours against the course's, side by side on loopback (`python -m benchmarks web`).
 
-Servers, each started fresh on a free loopback port and stopped afterwards:
+Servers, all started on free loopback ports, measured in interleaved rounds, then stopped:
   - the course's predict.py (benchmarks/course_predict.py: pickled DictVectorizer + model, a dict
     per request) under Flask's development server, under gunicorn the way the course starts it
     (`gunicorn predict:app`: one sync worker), and under gunicorn with our worker settings;
@@ -39,8 +39,9 @@ from ride_duration import local_stack
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
 CONNECTIONS = (1, 8)
-MAX_REQUESTS = {1: 4_000, 8: 16_000}  # per measurement...
-TIME_CAP = 10.0  # ...and at most this many seconds each
+MAX_REQUESTS = {1: 2_000, 8: 8_000}  # per measurement...
+TIME_CAP = 5.0  # ...and at most this many seconds each
+ROUNDS = 3
 WARM_UP_REQUESTS = 300
 OUR_WORKERS, OUR_THREADS = "2", "4"  # gunicorn.conf.py's defaults, spelled out for the table
 
@@ -227,44 +228,50 @@ def request_bodies(rides, count: int = 1000) -> list[bytes]:
     return bodies
 
 
-def servers(course_file: Path, model_uri: str) -> list[tuple[str, list[str], dict]]:
-    """(label, command with {port}, environment) for each server measured."""
+def servers(course_file: Path, model_uri: str) -> list[tuple[str, str, list[str], dict]]:
+    """(key, label, command with {port}, environment) for each server measured."""
     gunicorn = local_stack.bin_path("gunicorn")
     course_env = {"COURSE_MODEL_FILE": str(course_file)}
     course_app = "benchmarks.course_predict:app"
     return [
-        ("course: Flask dev server",
+        ("course-dev", "course: Flask dev server",
          [sys.executable, "-m", "flask", "--app", course_app, "run", "--host", local_stack.HOST, "--port", "{port}"],
          course_env),
-        ("course: gunicorn, as the course runs it (1 sync worker)",
+        ("course-gunicorn", "course: gunicorn, as the course runs it (1 sync worker)",
          [gunicorn, "--bind", f"{local_stack.HOST}:{{port}}", "--no-control-socket", course_app],
          course_env),
-        (f"course: gunicorn, our settings ({OUR_WORKERS} gthread workers x {OUR_THREADS} threads)",
+        ("course-our-settings", f"course: gunicorn, our settings ({OUR_WORKERS} gthread workers x {OUR_THREADS} threads)",
          [gunicorn, "--bind", f"{local_stack.HOST}:{{port}}", "--no-control-socket", "--workers", OUR_WORKERS,
           "--worker-class", "gthread", "--threads", OUR_THREADS, course_app],
          course_env),
-        (f"ours: gunicorn.conf.py ({OUR_WORKERS} gthread workers x {OUR_THREADS} threads), validation + metrics",
+        ("ours", f"ours: gunicorn.conf.py ({OUR_WORKERS} gthread workers x {OUR_THREADS} threads), validation + metrics",
          [gunicorn, "-c", str(ROOT / "web-service" / "gunicorn.conf.py"), "predict:app"],
          {"MODEL_URI": model_uri, "BIND": f"{local_stack.HOST}:{{port}}",
           "WEB_CONCURRENCY": OUR_WORKERS, "GUNICORN_THREADS": OUR_THREADS}),
     ]
 
 
-def measure(label: str, command: list[str], env: dict, bodies: list[bytes], logs: Path) -> list[list]:
-    port = local_stack.free_port()
-    command = [part.replace("{port}", str(port)) for part in command]
-    env = {key: value.replace("{port}", str(port)) for key, value in env.items()}
-    process = start_server(command, env, port, logs / f"{label.split(':')[0]}-{port}.log")
-    rows = []
+def measure_all(server_list, bodies: list[bytes], logs: Path) -> dict:
+    """Start every server, then measure them in interleaved rounds, so that the machine's noise
+    (other jobs share these cores) falls on all of them alike. Returns {(key, connections): [Load]}."""
+    running = {}
     try:
-        generate_load(port, bodies, 8, WARM_UP_REQUESTS, TIME_CAP)
-        for connections in CONNECTIONS:
-            load = generate_load(port, bodies, connections, MAX_REQUESTS[connections], TIME_CAP)
-            rows.append([label, connections, load.requests, load.errors, load.per_second,
-                         load.percentile_ms(50), load.percentile_ms(99)])
+        for key, _, command, env in server_list:
+            port = local_stack.free_port()
+            command = [part.replace("{port}", str(port)) for part in command]
+            env = {name: value.replace("{port}", str(port)) for name, value in env.items()}
+            running[key] = (start_server(command, env, port, logs / f"{key}-{port}.log"), port)
+            generate_load(port, bodies, 8, WARM_UP_REQUESTS, TIME_CAP)
+        loads = {}
+        for _ in range(ROUNDS):
+            for key, (_, port) in running.items():
+                for connections in CONNECTIONS:
+                    load = generate_load(port, bodies, connections, MAX_REQUESTS[connections], TIME_CAP)
+                    loads.setdefault((key, connections), []).append(load)
+        return loads
     finally:
-        local_stack.stop(process)
-    return rows
+        for process, _ in running.values():
+            local_stack.stop(process)
 
 
 def check_same_answers(course_file: Path, model_uri: str) -> None:
@@ -282,27 +289,35 @@ def check_same_answers(course_file: Path, model_uri: str) -> None:
 
 def run() -> list[Table]:
     rides, data_label = training_data()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
         folder = Path(tmp)
         course_file, model_uri = save_models(rides, folder)
         check_same_answers(course_file, model_uri)
         bodies = request_bodies(rides)
-        rows = []
-        for label, command, env in servers(course_file, model_uri):
-            rows += measure(label, command, env, bodies, folder)
-    throughput = {(row[0].split(":")[0], row[0], row[1]): row[4] for row in rows}
-    ours_8 = next(v for (who, _, c), v in throughput.items() if who == "ours" and c == 8)
-    course_8 = next(v for (_, label, c), v in throughput.items() if "as the course runs it" in label and c == 8)
-    course_ours_settings_8 = next(v for (_, label, c), v in throughput.items() if "course: gunicorn, our" in label and c == 8)
-    ours_p99 = next(row[6] for row in rows if row[0].startswith("ours") and row[1] == 8)
+        server_list = servers(course_file, model_uri)
+        loads = measure_all(server_list, bodies, folder)
+    median = {
+        key: (float(np.median([load.per_second for load in runs])),
+              float(np.median([load.percentile_ms(50) for load in runs])),
+              float(np.median([load.percentile_ms(99) for load in runs])))
+        for key, runs in loads.items()
+    }
+    rows = [
+        [label, connections, sum(load.requests for load in loads[key, connections]),
+         sum(load.errors for load in loads[key, connections]), *median[key, connections]]
+        for key, label, _, _ in server_list for connections in CONNECTIONS
+    ]
+    ours, course, course_our_settings = (median[key, 8][0] for key in ("ours", "course-gunicorn", "course-our-settings"))
     note = (
         f"Model: DictVectorizer + LinearRegression trained on {data_label}; bodies: 1,000 of its rides, cycled. "
-        f"Each measurement stops at {MAX_REQUESTS[1]:,} (1 connection) / {MAX_REQUESTS[8]:,} (8 connections) "
-        f"requests or {TIME_CAP:.0f} s, whichever comes first; client and servers share this machine's "
-        f"{os.cpu_count()} cores.\n"
-        f"At 8 connections ours does {ours_8 / course_8:.2f}x the course's gunicorn (as the course runs it) "
-        f"and {ours_8 / course_ours_settings_8:.2f}x the course's app under the same gunicorn settings as ours; "
-        f"ours p99 {ours_p99:.2f} ms (targets: >= 1.5x, p99 < 10 ms)."
+        f"requests/s, p50 and p99 are medians of {ROUNDS} interleaved rounds (requests and errors are totals); "
+        f"each round stops at {MAX_REQUESTS[1]:,} (1 connection) / {MAX_REQUESTS[8]:,} (8 connections) requests "
+        f"or {TIME_CAP:.0f} s. Client and servers share this machine's {os.cpu_count()} cores with other jobs "
+        f"(load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after).\n"
+        f"At 8 connections ours does {ours / course:.2f}x the course's gunicorn (as the course runs it) and "
+        f"{ours / course_our_settings:.2f}x the course's app under our gunicorn settings; ours p99 "
+        f"{median['ours', 8][2]:.2f} ms (targets: >= 1.5x the course's gunicorn, p99 < 10 ms)."
     )
     return [Table(
         title="Web service: requests/s and latency on loopback (ours vs the course's predict.py)",

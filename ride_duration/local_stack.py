@@ -49,8 +49,8 @@ def log_tail(log: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def start(command: list[str], log: Path, health_url: str, env: dict | None = None, timeout: float = 60):
-    """Start a service in its own process group and wait until health_url answers 200."""
+def start(command: list[str], log: Path, health_url: str, env: dict | None = None, timeout: float = 60, cwd=None):
+    """Start a service in its own process group (in cwd, if given) and wait until health_url answers 200."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         process = subprocess.Popen(
@@ -59,6 +59,7 @@ def start(command: list[str], log: Path, health_url: str, env: dict | None = Non
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
             start_new_session=True,
         )
     deadline = time.monotonic() + timeout

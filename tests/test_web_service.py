@@ -1,0 +1,431 @@
+"""The web service (issue 3): the exported web-service/predict.py under a real gunicorn on loopback,
+its answers against the registered model, its errors, its metrics; the single-ride fast path;
+the container's install and start from requirements.txt alone; notebook 03 under papermill."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from ride_duration import local_stack
+from ride_duration.features import FastPredictor, ride_features, validate_ride
+
+ROOT = Path(__file__).resolve().parents[1]
+WEB = ROOT / "web-service"
+PREDICT_COMMAND = [local_stack.bin_path("gunicorn"), "-c", str(WEB / "gunicorn.conf.py"), "predict:app"]
+EXAMPLE_RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
+API_KEY = "s3cret-key"
+
+
+def start_service(logs_dir: Path, name: str, env: dict):
+    """The exported app under gunicorn on a free loopback port; returns (process, base URL, log)."""
+    port = local_stack.free_port()
+    url = f"http://{local_stack.HOST}:{port}"
+    log = logs_dir / f"{name}-{port}.log"
+    env = {"BIND": f"{local_stack.HOST}:{port}", "API_KEY": "", "PROMETHEUS_MULTIPROC_DIR": "", **env}
+    return local_stack.start(PREDICT_COMMAND, log, f"{url}/health", env=env), url, log
+
+
+@pytest.fixture(scope="module")
+def metrics_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("prometheus")
+
+
+@pytest.fixture(scope="module")
+def service(registered_model, logs_dir, metrics_dir):
+    """Served from the artifact URI, with MLFLOW_TRACKING_URI pointing at a port where nothing
+    listens: serving must not need the tracking server."""
+    dead_tracking = f"http://{local_stack.HOST}:{local_stack.free_port()}"
+    process, url, log = start_service(
+        logs_dir, "predict",
+        {"MODEL_URI": registered_model["artifact_uri"], "MLFLOW_TRACKING_URI": dead_tracking,
+         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+    )
+    yield url
+    local_stack.stop(process)
+    print(local_stack.log_tail(log))
+
+
+@pytest.fixture(scope="module")
+def keyed_service(registered_model, logs_dir):
+    """Served through the registry alias (models:/ride-duration@production), with an API key."""
+    process, url, log = start_service(
+        logs_dir, "predict-keyed",
+        {"MODEL_URI": registered_model["uri"], "MLFLOW_TRACKING_URI": registered_model["tracking_uri"], "API_KEY": API_KEY},
+    )
+    yield url
+    local_stack.stop(process)
+    print(local_stack.log_tail(log))
+
+
+@pytest.fixture(scope="module")
+def validation_rides(training_months):
+    """Valid rides of the validation month (real green 2021-02 in CI), in the API's types."""
+    from ride_duration.data import read_month
+
+    month = read_month(training_months["taxi_type"], *training_months["val"], synthetic=training_months["synthetic"])
+    month = month.dropna(subset=["PULocationID", "DOLocationID", "trip_distance"]).sample(n=3000, random_state=3)
+    rides = []
+    for pu, do, distance in zip(month["PULocationID"], month["DOLocationID"], month["trip_distance"]):
+        ride = {"PULocationID": int(pu), "DOLocationID": int(do), "trip_distance": float(distance)}
+        try:
+            rides.append(validate_ride(ride))
+        except ValueError:
+            continue
+    return rides
+
+
+def expected(registered_model, rides) -> np.ndarray:
+    return registered_model["pipeline"].predict([ride_features(ride) for ride in rides])
+
+
+# --- answers -------------------------------------------------------------------------------------
+
+def test_course_example_ride(service, registered_model):
+    response = requests.post(f"{service}/predict", json=EXAMPLE_RIDE, timeout=10)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["duration"] == pytest.approx(expected(registered_model, [EXAMPLE_RIDE])[0], abs=1e-9)
+    assert answer["model_version"] == registered_model["model_id"]
+    assert answer["registered_version"] is None  # loaded by artifact URI: the registry was not asked
+
+
+def test_chunked_body_is_answered(service, registered_model):
+    """A body without Content-Length (Transfer-Encoding: chunked) is read whole, not cut short."""
+    chunks = iter([b'{"PULocationID": 10, ', b'"DOLocationID": 50, "trip_distance": 40}'])
+    response = requests.post(f"{service}/predict", data=chunks, headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["duration"] == pytest.approx(expected(registered_model, [EXAMPLE_RIDE])[0], abs=1e-9)
+
+
+def test_client_script_prints_the_answer(service, registered_model):
+    run = subprocess.run(
+        [sys.executable, str(WEB / "client.py"), f"{service}/predict"], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout.split("\n", 1)[1])
+    assert answer["duration"] == pytest.approx(expected(registered_model, [EXAMPLE_RIDE])[0], abs=1e-9)
+
+
+def test_list_of_rides_gets_answers_in_order(service, registered_model, validation_rides):
+    rides = validation_rides[:1000]
+    response = requests.post(f"{service}/predict", json=rides, timeout=30)
+    assert response.status_code == 200, response.text
+    answers = response.json()
+    assert len(answers) == len(rides)
+    assert {a["model_version"] for a in answers} == {registered_model["model_id"]}
+    np.testing.assert_allclose([a["duration"] for a in answers], expected(registered_model, rides), rtol=0, atol=1e-9)
+
+
+def test_every_single_answer_equals_the_registered_model(service, registered_model, validation_rides):
+    edge_rides = [
+        {"PULocationID": 300, "DOLocationID": 1, "trip_distance": 0.0},  # a pair never seen in training
+        {"PULocationID": 1, "DOLocationID": 1, "trip_distance": 1000.0},
+        {"PULocationID": 74, "DOLocationID": 75, "trip_distance": 1},  # an int distance
+    ]
+    rides = validation_rides[1000:1300] + edge_rides
+    with requests.Session() as session:
+        durations = [session.post(f"{service}/predict", json=ride, timeout=10).json()["duration"] for ride in rides]
+    np.testing.assert_allclose(durations, expected(registered_model, rides), rtol=0, atol=1e-9)
+
+
+def test_health_names_the_model(service, registered_model):
+    response = requests.get(f"{service}/health", timeout=10)
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ready",
+        "model_uri": registered_model["artifact_uri"],
+        "model_version": registered_model["model_id"],
+        "registered_version": None,
+    }
+
+
+def scrape(url: str) -> dict:
+    """{(metric sample name, frozenset(labels)): value} from /metrics."""
+    response = requests.get(f"{url}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_add_up_over_every_worker(service, registered_model, metrics_dir):
+    """Requests land on both gunicorn workers; /metrics must count all of them, whichever answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    predict_ok = ("ride_duration_requests_total", frozenset({("endpoint", "predict"), ("status", "200")}))
+    predict_422 = ("ride_duration_requests_total", frozenset({("endpoint", "predict"), ("status", "422")}))
+    predicted = ("ride_duration_predicted_minutes_count", frozenset())
+    latency = ("ride_duration_request_seconds_count", frozenset({("endpoint", "predict")}))
+    before = scrape(service)
+    with ThreadPoolExecutor(8) as pool:  # concurrent new connections, so that both workers get some
+        statuses = list(pool.map(lambda _: requests.post(f"{service}/predict", json=EXAMPLE_RIDE, timeout=10).status_code, range(40)))
+    assert statuses == [200] * 40
+    assert len(list(metrics_dir.glob("counter_*.db"))) >= 2, "only one worker served: the test proves nothing"
+    for _ in range(3):
+        assert requests.post(f"{service}/predict", json={"PULocationID": 10}, timeout=10).status_code == 422
+    assert requests.post(f"{service}/predict", json=[EXAMPLE_RIDE] * 5, timeout=10).status_code == 200
+    after = scrape(service)
+    assert after[predict_ok] - before.get(predict_ok, 0) == 41
+    assert after[predict_422] - before.get(predict_422, 0) == 3
+    assert after[predicted] - before.get(predicted, 0) == 45
+    assert after[latency] - before.get(latency, 0) == 44
+    info = {dict(labels)["model_version"]: value for (name, labels), value in after.items() if name == "ride_duration_model_info"}
+    assert info == {registered_model["model_id"]: 1.0}
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+BAD_REQUESTS = {
+    "not JSON": ({"data": b"{oops", "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),
+    "invalid UTF-8": ({"data": b'{"PULocationID": "\xff"}', "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),
+    "nested too deep": ({"data": b"[" * 100_000, "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),
+    "a 5000-digit number": ({"data": b'{"PULocationID": ' + b"9" * 5000 + b"}", "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),
+    "wrong content type": ({"data": json.dumps(EXAMPLE_RIDE), "headers": {"Content-Type": "text/plain"}}, 415, "Content-Type"),
+    "no content type": ({"data": json.dumps(EXAMPLE_RIDE).encode()}, 415, "Content-Type"),
+    "missing field": ({"json": {"PULocationID": 10, "DOLocationID": 50}}, 422, "missing field(s): trip_distance"),
+    "extra field": ({"json": {**EXAMPLE_RIDE, "tip": 3}}, 422, "unknown field(s): tip"),
+    "string id": ({"json": {**EXAMPLE_RIDE, "PULocationID": "10"}}, 422, "PULocationID must be an integer"),
+    "boolean id": ({"json": {**EXAMPLE_RIDE, "DOLocationID": True}}, 422, "DOLocationID must be an integer"),
+    "float id": ({"json": {**EXAMPLE_RIDE, "DOLocationID": 50.0}}, 422, "DOLocationID must be an integer"),
+    "zone out of range": ({"json": {**EXAMPLE_RIDE, "PULocationID": 0}}, 422, "between 1 and"),
+    "negative distance": ({"json": {**EXAMPLE_RIDE, "trip_distance": -3}}, 422, "trip_distance must be between"),
+    "absurd distance": ({"json": {**EXAMPLE_RIDE, "trip_distance": 1e6}}, 422, "trip_distance must be between"),
+    "NaN distance": ({"data": b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": NaN}', "headers": {"Content-Type": "application/json"}}, 422, "trip_distance"),
+    "string distance": ({"json": {**EXAMPLE_RIDE, "trip_distance": "40"}}, 422, "trip_distance must be a number"),
+    "a JSON string": ({"json": "ride"}, 422, "not a string"),
+    "null": ({"data": b"null", "headers": {"Content-Type": "application/json"}}, 422, "not null"),
+    "empty list": ({"json": []}, 422, "empty"),
+    "a bad ride in a list": ({"json": [EXAMPLE_RIDE, {**EXAMPLE_RIDE, "trip_distance": None}]}, 422, "ride 1:"),
+    "too many rides": ({"json": [EXAMPLE_RIDE] * 1001}, 413, "the limit is 1000"),
+    "oversized chunked body": ({"data": iter([b"[" + b" " * 300_000 + b"]"]), "headers": {"Content-Type": "application/json"}}, 413, "larger than the limit"),
+    "oversized body": ({"data": b" " * 300_000 + json.dumps(EXAMPLE_RIDE).encode(), "headers": {"Content-Type": "application/json"}}, 413, "larger than the limit of 262144 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_bad_input_gets_a_clear_4xx(service, case):
+    kwargs, status, message = BAD_REQUESTS[case]
+    response = requests.post(f"{service}/predict", timeout=30, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    assert message in response.json()["message"]
+
+
+def test_connection_stays_usable_after_a_refused_body(service, registered_model):
+    """A body refused unread is more than gunicorn drains: the 413 must say Connection: close, so
+    that a keep-alive client opens a new connection instead of writing into a closed one."""
+    headers = {"Content-Type": "application/json"}
+    with requests.Session() as session:
+        for size in (300_000, 1_000_000):
+            refused = session.post(f"{service}/predict", data=b" " * size, headers=headers, timeout=10)
+            assert refused.status_code == 413 and refused.headers["Connection"] == "close"
+            answer = session.post(f"{service}/predict", json=EXAMPLE_RIDE, timeout=10)
+            assert answer.status_code == 200 and answer.headers["Connection"] == "keep-alive"
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/predict", 405), ("POST", "/nowhere", 404)])
+def test_wrong_route_or_method_is_a_json_error(service, method, path, status):
+    response = requests.request(method, f"{service}{path}", timeout=10)
+    assert response.status_code == status
+    assert response.json()["error"]
+
+
+def test_alias_uri_and_api_key(keyed_service, registered_model):
+    """models:/ride-duration@production resolves through the registry; /predict wants the key."""
+    url = f"{keyed_service}/predict"
+    assert requests.post(url, json=EXAMPLE_RIDE, timeout=10).status_code == 401
+    wrong = requests.post(url, json=EXAMPLE_RIDE, headers={"X-API-Key": "guess"}, timeout=10)
+    assert wrong.status_code == 401 and "X-API-Key" in wrong.json()["message"]
+    answer = requests.post(url, json=EXAMPLE_RIDE, headers={"X-API-Key": API_KEY}, timeout=10).json()
+    assert answer["duration"] == pytest.approx(expected(registered_model, [EXAMPLE_RIDE])[0], abs=1e-9)
+    assert answer["model_version"] == registered_model["model_id"]
+    assert answer["registered_version"] == f"ride-duration/{registered_model['version']}"
+    health = requests.get(f"{keyed_service}/health", timeout=10)  # no key needed to ask for health
+    assert health.status_code == 200 and health.json()["model_uri"] == registered_model["uri"]
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"MODEL_URI": "file:///nowhere/at/all"}, "cannot load model file:///nowhere/at/all"),
+        ({"MODEL_URI": "models:/no-such-model@production"}, "cannot load model models:/no-such-model@production"),
+        ({"MAX_RIDES": "lots"}, "MAX_RIDES must be a positive integer"),
+    ],
+    ids=["missing artifact", "unknown registered model", "bad setting"],
+)
+def test_bad_configuration_stops_start_up_with_one_line(registered_model, env, reason):
+    env = {**os.environ, "MODEL_URI": registered_model["artifact_uri"], "BIND": f"{local_stack.HOST}:{local_stack.free_port()}",
+           "MLFLOW_TRACKING_URI": registered_model["tracking_uri"], **env}
+    run = subprocess.run(PREDICT_COMMAND, env=env, capture_output=True, text=True, timeout=120, start_new_session=True)
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert run.returncode != 0
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("predict.py: ") and reason in lines[0]
+
+
+# --- the single-ride fast path -------------------------------------------------------------------
+
+@pytest.mark.parametrize("regressor", ["LinearRegression", "Ridge", "DecisionTreeRegressor"])
+def test_single_ride_fast_path_equals_pipeline(training_months, validation_rides, regressor):
+    """predict_one (the web service's path) against pipeline.predict, on real rides."""
+    import sklearn.linear_model
+    import sklearn.tree
+
+    from ride_duration import train
+    from ride_duration.data import read_month, training_rides
+
+    estimator = {
+        "LinearRegression": sklearn.linear_model.LinearRegression(),
+        "Ridge": sklearn.linear_model.Ridge(alpha=1.0),
+        "DecisionTreeRegressor": sklearn.tree.DecisionTreeRegressor(max_depth=6, random_state=0),
+    }[regressor]
+    month = read_month(training_months["taxi_type"], *training_months["train"], synthetic=training_months["synthetic"])
+    rides = training_rides(month, training_months["taxi_type"]).sample(n=20_000, random_state=0)
+    pipeline = train.fit(train.make_pipeline(estimator), rides)
+    predictor = FastPredictor(pipeline)
+    assert predictor.linear == (regressor != "DecisionTreeRegressor")
+    test_rides = validation_rides + [{"PULocationID": 300, "DOLocationID": 300, "trip_distance": 3.5}]
+    fast = [predictor.predict_one(r["PULocationID"], r["DOLocationID"], r["trip_distance"]) for r in test_rides]
+    np.testing.assert_allclose(fast, pipeline.predict([ride_features(r) for r in test_rides]), rtol=0, atol=1e-9)
+
+
+# --- packaging: requirements, the container's install and start -----------------------------------
+
+def uv_binary() -> str:
+    found = shutil.which("uv") or str(Path.home() / ".local" / "bin" / "uv")
+    if not Path(found).exists():
+        pytest.fail("uv is needed (make setup installs it)")
+    return found
+
+
+def without_header(text: str) -> list[str]:
+    """requirements.txt minus uv's header comment (which names the output file)."""
+    lines = text.splitlines()
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)
+    return lines
+
+
+def test_requirements_are_in_sync_with_the_lock(tmp_path):
+    fresh = tmp_path / "requirements.txt"
+    subprocess.run(
+        [uv_binary(), "export", "--frozen", "--only-group", "web", "--no-hashes", "--no-emit-project", "-o", str(fresh)],
+        cwd=ROOT, check=True, capture_output=True, timeout=120,
+    )
+    assert without_header((WEB / "requirements.txt").read_text()) == without_header(fresh.read_text()), (
+        "web-service/requirements.txt is stale; regenerate it (see web-service/README.md)"
+    )
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of web-service/Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", (WEB / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [tuple(line.split(None, 1)) for line in lines]
+
+
+def replay_dockerfile(app_root: Path, venv: Path) -> tuple[Path, dict, list[str]]:
+    """Do what `docker build` would, outside a container: the Python version, the COPYs into
+    WORKDIR, ENV, the pip install (as uv pip install into venv); return (workdir, env, CMD)."""
+    workdir, env, command = app_root, {}, None
+    for instruction, arguments in dockerfile_instructions():
+        if instruction == "FROM":
+            assert arguments.startswith(f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"), (
+                "the image's Python must be the one this test installs into"
+            )
+        elif instruction == "WORKDIR":
+            workdir = app_root / arguments.lstrip("/")
+            workdir.mkdir(parents=True, exist_ok=True)
+        elif instruction == "ENV":
+            env.update(dict(pair.split("=", 1) for pair in arguments.split()))
+        elif instruction == "COPY":
+            *sources, target = arguments.split()
+            for source in sources:
+                destination = workdir / target
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, destination, ignore=shutil.ignore_patterns("__pycache__"))
+                elif target.endswith("/") or len(sources) > 1:
+                    destination.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(ROOT / source, destination / Path(source).name)
+                else:
+                    shutil.copy(ROOT / source, destination)
+        elif instruction == "RUN" and arguments.startswith("pip install"):
+            assert arguments == "pip install -r requirements.txt"
+            subprocess.run(
+                [uv_binary(), "pip", "install", "--python", str(venv / "bin" / "python"), "-r", str(workdir / "requirements.txt")],
+                check=True, capture_output=True, timeout=600,
+            )
+        elif instruction == "RUN":
+            assert arguments.startswith("useradd "), f"a RUN step this test does not replay: {arguments}"
+        elif instruction == "CMD":
+            command = json.loads(arguments)
+        else:
+            assert instruction in ("USER", "EXPOSE", "HEALTHCHECK"), f"unexpected Dockerfile instruction {instruction}"
+    return workdir, env, command
+
+
+def test_fresh_venv_from_requirements_runs_the_dockerfile_cmd(tmp_path, registered_model, logs_dir):
+    """The container's install and start, without Docker: a venv holding requirements.txt and
+    nothing else, the Dockerfile's COPY layout, its CMD verbatim, and an answer to the example ride."""
+    venv = tmp_path / "venv"
+    subprocess.run([uv_binary(), "venv", "--python", sys.executable, str(venv)], check=True, capture_output=True, timeout=120)
+    workdir, image_env, command = replay_dockerfile(tmp_path / "image", venv)
+    lean = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "import importlib.util as u; print([m for m in ('pandas', 'moto', 'jupyterlab', 'ipykernel', 'papermill') if u.find_spec(m)])"],
+        capture_output=True, text=True, check=True,
+    )
+    assert lean.stdout.strip() == "[]", f"the image would carry {lean.stdout}"
+    port = local_stack.free_port()
+    url = f"http://{local_stack.HOST}:{port}"
+    env = {
+        **image_env,
+        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",  # the image's python and gunicorn first
+        "PYTHONPATH": "",  # nothing from this project's environment: an empty value is ignored by Python
+        "PROMETHEUS_MULTIPROC_DIR": "",
+        "MODEL_URI": registered_model["artifact_uri"],
+        "BIND": f"{local_stack.HOST}:{port}",
+    }
+    process = local_stack.start(command, logs_dir / f"image-{port}.log", f"{url}/health", env=env, timeout=90, cwd=workdir)
+    try:
+        answer = requests.post(f"{url}/predict", json=EXAMPLE_RIDE, timeout=10).json()
+        assert answer["duration"] == pytest.approx(expected(registered_model, [EXAMPLE_RIDE])[0], abs=1e-9)
+        assert answer["model_version"] == registered_model["model_id"]
+    finally:
+        local_stack.stop(process)
+
+
+# --- notebook 03 ---------------------------------------------------------------------------------
+
+def test_notebook_03_runs_under_papermill(tmp_path, registered_model):
+    import papermill
+
+    output = tmp_path / "03-web-service.ipynb"
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "03-web-service.ipynb"), str(output),
+        parameters={"model_uri": registered_model["artifact_uri"]}, cwd=str(ROOT / "notebooks"),
+        progress_bar=False, kernel_name="python3",
+    )
+    printed = "".join(
+        "".join(out.get("text", ""))
+        for cell in json.loads(output.read_text())["cells"] if cell["cell_type"] == "code"
+        for out in cell.get("outputs", []) if out.get("output_type") == "stream"
+    )
+    example = re.search(r"example ride: \{'duration': ([0-9.e+-]+)", printed)
+    assert example, printed[:2000]
+    assert float(example.group(1)) == pytest.approx(expected(registered_model, [EXAMPLE_RIDE])[0], abs=1e-9)
+    assert "-> HTTP 200" in printed, "the gunicorn demo cell did not get an answer through client.py"

@@ -1,0 +1,121 @@
+"""Property-based: thousands of generated malformed bodies against the exported app under a real
+gunicorn; every one must get a 4xx with a JSON message, none a 5xx (issue 3, done-when 2)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ride_duration import local_stack
+from ride_duration.features import MAX_LOCATION_ID, MAX_TRIP_DISTANCE, RIDE_FIELDS, BadRide, validate_ride
+from test_web_service import start_service
+
+EXAMPLES = 2000
+MAX_RIDES = 20
+MAX_BODY_BYTES = 4096
+VALID_RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40.0}
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+bad_location = st.one_of(
+    st.integers(max_value=0), st.integers(min_value=MAX_LOCATION_ID + 1), st.booleans(), st.none(),
+    st.floats(), st.text(max_size=5), st.just("10"), st.just(10.0), st.lists(st.integers(), max_size=2),
+)
+bad_distance = st.one_of(
+    st.floats(max_value=-1e-9), st.floats(min_value=MAX_TRIP_DISTANCE, exclude_min=True), st.just(math.nan),
+    st.just(math.inf), st.booleans(), st.none(), st.text(max_size=5), st.just("40"), st.dictionaries(st.text(max_size=3), st.integers(), max_size=1),
+)
+
+
+@st.composite
+def broken_rides(draw):
+    """A valid ride with one thing wrong: a field missing, an unknown field, or a bad value."""
+    ride = dict(VALID_RIDE)
+    how = draw(st.sampled_from(["missing", "extra", "PULocationID", "DOLocationID", "trip_distance"]))
+    if how == "missing":
+        for field in draw(st.lists(st.sampled_from(RIDE_FIELDS), min_size=1, max_size=3, unique=True)):
+            del ride[field]
+    elif how == "extra":
+        ride[draw(st.text(max_size=15).filter(lambda k: k not in RIDE_FIELDS))] = draw(json_scalars)
+    else:
+        ride[how] = draw(bad_distance if how == "trip_distance" else bad_location)
+    return ride
+
+
+def is_valid_body(body: bytes) -> bool:
+    """What the service accepts: a valid ride, or a list of 1..MAX_RIDES valid rides, in a small body."""
+    if len(body) > MAX_BODY_BYTES:
+        return False
+    try:
+        payload = json.loads(body)
+        rides = payload if isinstance(payload, list) else [payload]
+        if not 1 <= len(rides) <= MAX_RIDES:
+            return False
+        for ride in rides:
+            validate_ride(ride)
+        return True
+    except (ValueError, RecursionError, BadRide):
+        return False
+
+
+def as_json(value) -> bytes:
+    return json.dumps(value).encode()
+
+
+JSON = "application/json"
+malformed_requests = st.one_of(
+    st.tuples(st.just(JSON), st.binary(max_size=300)),
+    st.tuples(st.just(JSON), st.text(max_size=200).map(str.encode)),
+    st.tuples(st.just(JSON), json_values.map(as_json)),
+    st.tuples(st.just(JSON), broken_rides().map(as_json)),
+    st.tuples(st.just(JSON), st.lists(st.just(VALID_RIDE) | broken_rides(), min_size=1, max_size=5).map(as_json)),
+    st.tuples(st.just(JSON), st.lists(st.just(VALID_RIDE), min_size=MAX_RIDES + 1, max_size=MAX_RIDES + 5).map(as_json)),
+    st.tuples(st.just(JSON), st.sampled_from([as_json(VALID_RIDE) + b" " * MAX_BODY_BYTES, b"[" * 3000])),
+    st.tuples(
+        st.sampled_from(["text/plain", "application/x-www-form-urlencoded", "", "multipart/form-data", "application/jsonl"]),
+        st.just(as_json(VALID_RIDE)),
+    ),
+).filter(lambda case: case[0] != JSON or not is_valid_body(case[1]))
+
+
+@pytest.fixture(scope="module")
+def small_service(registered_model, logs_dir):
+    """Limits made small, so that oversized bodies and lists are generated often."""
+    process, url, log = start_service(
+        logs_dir, "predict-fuzz",
+        {"MODEL_URI": registered_model["artifact_uri"], "MAX_RIDES": str(MAX_RIDES), "MAX_BODY_BYTES": str(MAX_BODY_BYTES)},
+    )
+    yield url
+    local_stack.stop(process)
+    print(local_stack.log_tail(log))
+
+
+def test_malformed_bodies_never_get_a_5xx(small_service):
+    sent = []
+    with requests.Session() as session:
+
+        @settings(max_examples=EXAMPLES, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+        @given(case=malformed_requests)
+        def check(case):
+            content_type, body = case
+            response = session.post(f"{small_service}/predict", data=body, headers={"Content-Type": content_type}, timeout=10)
+            sent.append(response.status_code)
+            assert 400 <= response.status_code < 500, (response.status_code, body[:200], response.text[:300])
+            assert response.json()["message"]
+
+        check()
+    assert len(sent) >= EXAMPLES
+    assert requests.post(f"{small_service}/predict", json=VALID_RIDE, timeout=10).status_code == 200

@@ -1,0 +1,41 @@
+"""Send the course's example ride to the prediction service and print the answer.
+
+    python web-service/client.py                                  # http://127.0.0.1:9696/predict
+    python web-service/client.py http://my-host:9696/predict
+    API_KEY=secret python web-service/client.py                   # when the service wants a key
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import requests
+
+EXAMPLE_RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("url", nargs="?", default="http://127.0.0.1:9696/predict")
+    parser.add_argument("--api-key", default=os.environ.get("API_KEY"), help="sent as X-API-Key (default: $API_KEY)")
+    args = parser.parse_args(argv)
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    try:
+        response = requests.post(args.url, json=EXAMPLE_RIDE, headers=headers, timeout=10)
+    except requests.RequestException as error:
+        print(f"cannot reach {args.url}: {error}", file=sys.stderr)
+        return 1
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = response.text
+    print(f"ride {json.dumps(EXAMPLE_RIDE)} -> HTTP {response.status_code}")
+    print(json.dumps(answer, indent=2))
+    return 0 if response.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -52,8 +52,9 @@ class MonthInput:
     _file: object = None  # pyarrow.parquet.ParquetFile
     _frame: pd.DataFrame | None = None
 
-    def batches(self, batch_rows: int = BATCH_ROWS) -> Iterator[tuple[int, pd.DataFrame]]:
+    def batches(self, batch_rows: int | None = None) -> Iterator[tuple[int, pd.DataFrame]]:
         """(first row number, rides) per batch, with the core's dtypes; row numbers are global."""
+        batch_rows = batch_rows or BATCH_ROWS
         first_row = 0
         if self._frame is not None:
             frames = (self._frame.iloc[i:i + batch_rows] for i in range(0, len(self._frame), batch_rows))

@@ -181,6 +181,36 @@ def s3_client():
 DICTIONARY_COLUMNS = ["PULocationID", "DOLocationID", "model_version"]
 
 
+class BackgroundWriter:
+    """Writes each batch in a thread while the next one is read and scored (Arrow releases the GIL).
+
+    At most one batch waits to be written, so memory stays bounded; a write error surfaces at
+    the next write_table or at finish.
+    """
+
+    def __init__(self, parquet_writer):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.parquet_writer = parquet_writer
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
+        self.pending = None
+
+    def write_table(self, table) -> None:
+        self.wait()
+        self.pending = self.executor.submit(self.parquet_writer.write_table, table)
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def finish(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self.executor.shutdown(wait=True)
+
+
 @contextmanager
 def atomic_parquet(destination: str | Path, schema, info: dict):
     """A ParquetWriter whose file appears at destination only if the block finishes.
@@ -202,8 +232,12 @@ def atomic_parquet(destination: str | Path, schema, info: dict):
     os.close(handle)
     try:
         schema = schema.with_metadata(parquet_metadata(info))
-        with pq.ParquetWriter(temporary, schema, compression="snappy", use_dictionary=DICTIONARY_COLUMNS) as writer:
-            yield writer
+        with pq.ParquetWriter(temporary, schema, compression="snappy", use_dictionary=DICTIONARY_COLUMNS) as parquet:
+            writer = BackgroundWriter(parquet)
+            try:
+                yield writer
+            finally:
+                writer.finish()
         if folder is None:
             s3_metadata = {name.replace("_", "-"): value for name, value in info.items()}
             s3_client().upload_file(temporary, bucket, key, ExtraArgs={"Metadata": s3_metadata})

@@ -53,20 +53,44 @@ class MonthInput:
     _frame: pd.DataFrame | None = None
 
     def batches(self, batch_rows: int | None = None) -> Iterator[tuple[int, pd.DataFrame]]:
-        """(first row number, rides) per batch, with the core's dtypes; row numbers are global."""
-        batch_rows = batch_rows or BATCH_ROWS
+        """(first row number, rides) per batch, with the core's dtypes; row numbers are global.
+
+        The next batch is read in a background thread while the caller scores this one.
+        """
+        return read_ahead(self._batches(batch_rows or BATCH_ROWS))
+
+    def _batches(self, batch_rows: int) -> Iterator[tuple[int, pd.DataFrame]]:
         first_row = 0
         if self._frame is not None:
             frames = (self._frame.iloc[i:i + batch_rows] for i in range(0, len(self._frame), batch_rows))
         else:
-            frames = (
-                batch.to_pandas()
-                for batch in self._file.iter_batches(batch_size=batch_rows, columns=input_columns(self.taxi_type))
-            )
+            frames = self._file_frames(batch_rows)
         for frame in frames:
             rides = normalise_dtypes(frame.reset_index(drop=True), self.taxi_type)
             yield first_row, rides
             first_row += len(rides)
+
+    def _file_frames(self, batch_rows: int) -> Iterator[pd.DataFrame]:
+        """Read one row group at a time (its columns decoded in parallel), in slices of batch_rows."""
+        for group in range(self._file.num_row_groups):
+            table = self._file.read_row_group(group, columns=input_columns(self.taxi_type))
+            for offset in range(0, table.num_rows, batch_rows):
+                yield table.slice(offset, batch_rows).to_pandas(split_blocks=True)
+
+
+def read_ahead(items: Iterator) -> Iterator:
+    """The same items, each produced in a worker thread while the previous one is being used.
+
+    At most one item is read ahead; if the consumer stops early, the read under way finishes first.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    done = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        upcoming = pool.submit(next, items, done)
+        while (item := upcoming.result()) is not done:
+            upcoming = pool.submit(next, items, done)
+            yield item
 
 
 def input_columns(taxi_type: str) -> list[str]:

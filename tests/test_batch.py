@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -247,10 +248,12 @@ def test_local_failure_midway_leaves_nothing_and_keeps_previous_output(model, tm
 
 
 def cli(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = score.main([str(a) for a in argv])
-    except SystemExit as exit:
-        code = exit.code
+    """score.py's main() in this process; the environment is restored afterwards."""
+    with mock.patch.dict(os.environ):
+        try:
+            code = score.main([str(a) for a in argv])
+        except SystemExit as exit:
+            code = exit.code
     out, err = capsys.readouterr()
     return code, out, err
 

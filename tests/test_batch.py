@@ -374,3 +374,29 @@ def test_month_range():
         score.month_range("2022-02", "2021-11")
     with pytest.raises(ValueError, match="use YYYY-MM"):
         score.month_range("2021/01", "2021-02")
+
+
+# --- the walkthrough notebook -------------------------------------------------------------------------
+
+
+def test_walkthrough_notebook_runs(registered_model, tmp_path):
+    """notebooks/05-batch.ipynb under papermill: papermill runs, a backfill (then all skipped), plots."""
+    import nbformat
+    import papermill
+
+    output_root, runs = tmp_path / "output", tmp_path / "runs"
+    executed = tmp_path / "05-batch.ipynb"
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "05-batch.ipynb"), str(executed),
+        parameters={"model_uri": registered_model["uri"], "output_root": str(output_root), "runs_dir": str(runs),
+                    "papermill_months": ["2021-03"], "backfill_from": "2021-02", "backfill_to": "2021-03"},
+        cwd=str(ROOT / "notebooks"), progress_bar=False,
+    )
+    for month in ("2021-02", "2021-03"):
+        assert batch.output_info(output_root / "green" / f"{month}.parquet")["model_version"] == registered_model["model_id"]
+    assert [p.name for p in runs.iterdir()] == ["score-green-2021-03.ipynb"]
+    cells = nbformat.read(executed, as_version=4).cells
+    text = "".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.outputs)
+    assert text.count("skipped ") == 3  # the month papermill scored, then both on the second backfill
+    images = sum("image/png" in o.get("data", {}) for c in cells if c.cell_type == "code" for o in c.outputs)
+    assert images == 3

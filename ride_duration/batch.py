@@ -3,8 +3,8 @@
 scripts/score.py (exported from notebooks/score.ipynb) does the scoring; the parts here are what
 any batch job needs around it, shared with notebook 05 and the tests:
 
-- `month_batches` reads only the columns the model and the output need, a row group at a time, so a
-  3-million-ride month never sits in memory whole. Row numbers stay global across batches.
+- `open_month(...).batches()` reads only the columns the model and the output need, a row group at
+  a time, so a 3-million-ride month never sits in memory whole. Row numbers stay global across batches.
 - `atomic_parquet` writes to a temporary file and only then moves (local) or uploads (s3://) it:
   a failed run leaves nothing at the destination, a re-run replaces the output whole.
 - `output_info` reads the model version (and the synthetic label) from the output's parquet
@@ -28,6 +28,7 @@ from ride_duration.data import (
     RIDE_COLUMNS,
     SYNTHETIC_KEY,
     BadMonthFile,
+    MonthNotAvailable,
     check_month,
     check_taxi_type,
     locate_month,
@@ -37,6 +38,10 @@ from ride_duration.data import (
 
 METADATA_PREFIX = "ride_duration."  # parquet keys ride_duration.model_version, .month, .synthetic (as inputs)
 BATCH_ROWS = 1 << 20  # a TLC-sized row group: bounded memory, few enough batches to stay fast
+
+
+class OutputNotWritten(OSError):
+    """The scored month could not be stored at its destination (nothing was left there)."""
 
 
 @dataclass
@@ -119,7 +124,7 @@ def open_month(
     if input_file is None:
         try:
             input_file = locate_month(taxi_type, year, month)
-        except FileNotFoundError:
+        except MonthNotAvailable:
             if synthetic == "fallback":
                 return _synthetic_input(taxi_type, year, month)
             raise
@@ -264,7 +269,10 @@ def atomic_parquet(destination: str | Path, schema, info: dict):
                 writer.finish()
         if folder is None:
             s3_metadata = {name.replace("_", "-"): value for name, value in info.items()}
-            s3_client().upload_file(temporary, bucket, key, ExtraArgs={"Metadata": s3_metadata})
+            try:
+                s3_client().upload_file(temporary, bucket, key, ExtraArgs={"Metadata": s3_metadata})
+            except Exception as error:  # boto3 and botocore errors alike: the output was not written
+                raise OutputNotWritten(f"cannot upload {destination}: {type(error).__name__}: {error}") from error
         else:
             os.replace(temporary, destination)
     finally:

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from ride_duration.batch import atomic_parquet, default_output, open_month, output_info, output_info_for, output_schema
-from ride_duration.data import BadMonthFile, MonthNotAvailable, add_duration, pickup_column
+from ride_duration.data import BadMonthFile, MonthNotAvailable, add_duration, check_month, pickup_column
 from ride_duration.features import FastPredictor
 from ride_duration.model import ModelLoadError, load_model
 from ride_duration.train import tracking_uri
@@ -90,7 +90,7 @@ def month_range(start: str, end: str) -> list[tuple[int, int]]:
             year, month = (int(part) for part in text.split("-"))
         except ValueError:
             raise ValueError(f"not a month: {text!r} (use YYYY-MM)") from None
-        return year, month
+        return check_month(year, month)
 
     (year, month), last = parse(start), parse(end)
     if last < (year, month):

@@ -185,6 +185,14 @@ def test_failed_s3_upload_leaves_nothing(model, bucket, monkeypatch):
     assert batch.output_info(destination) is None
 
 
+def test_missing_bucket_is_a_clear_error(model, moto_url, capsys):
+    code, _, err = cli(["--year", 2021, "--month", 3, "--synthetic", "--model-uri", model.uri,
+                        "--output", "s3://no-such-bucket/green/2021-03.parquet"], capsys)
+    assert code == 1
+    assert err.splitlines()[-1].startswith("score.py: error: cannot upload s3://no-such-bucket/green/2021-03.parquet")
+    assert "NoSuchBucket" in err
+
+
 def test_process_killed_mid_upload_leaves_nothing(registered_model, bucket, tmp_path):
     """SIGKILL while the multipart upload of a 3-million-ride output is under way: no object.
     (The killed process's local temporary file goes to TMPDIR, here the test's own folder.)"""
@@ -374,6 +382,8 @@ def test_month_range():
         score.month_range("2022-02", "2021-11")
     with pytest.raises(ValueError, match="use YYYY-MM"):
         score.month_range("2021/01", "2021-02")
+    with pytest.raises(ValueError, match="no such TLC month: 2021-13"):
+        score.month_range("2021-01", "2021-13")
 
 
 # --- the walkthrough notebook -------------------------------------------------------------------------

@@ -1,0 +1,420 @@
+"""Batch scoring: notebooks/score.ipynb under papermill, its export scripts/score.py, the fast
+path on every real month, atomic output (local and S3 on moto_server), bad input, backfill."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, real_green_months, require_real_months, tracking_store
+from ride_duration import batch, data
+from ride_duration.data import add_duration, month_filename, read_month_file
+from ride_duration.features import FastPredictor, frame_features
+from ride_duration.model import load_model
+
+SCORE_PY = ROOT / "scripts" / "score.py"
+
+
+def import_score():
+    """scripts/score.py as a module (the exported code, not the notebook)."""
+    spec = importlib.util.spec_from_file_location("score", SCORE_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+score = import_score()
+
+
+@pytest.fixture(scope="module")
+def model(registered_model):
+    """The registered model loaded from its file:// artifact URI (no tracking server involved)."""
+    return load_model(registered_model["artifact_uri"])
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No TLC download: a month missing from TAXI_DATA_DIR stays missing, online or not."""
+
+    def no_download(url, dest, timeout=30):
+        raise ConnectionError("offline (test)")
+
+    monkeypatch.setattr(data, "download", no_download)
+
+
+def run_script(*args, env=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, str(SCORE_PY), *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+
+
+# --- papermill and the exported script agree -------------------------------------------------
+
+
+def test_papermill_run_equals_script_row_for_row(registered_model, tmp_path):
+    """Done-when 1: score.ipynb under papermill and `python scripts/score.py` write the same rows."""
+    import papermill
+
+    require_real_months(("green", 2021, 3))
+    by_notebook, by_script = tmp_path / "notebook.parquet", tmp_path / "script.parquet"
+    with tracking_store(registered_model["tracking_uri"]):  # the kernel and the script resolve the alias there
+        papermill.execute_notebook(
+            str(ROOT / "notebooks" / "score.ipynb"), str(tmp_path / "score-run.ipynb"),
+            parameters={"taxi_type": "green", "year": 2021, "month": 3,
+                        "model_uri": registered_model["uri"], "output_file": str(by_notebook)},
+            cwd=str(ROOT / "notebooks"), progress_bar=False,
+        )
+        run = run_script("--taxi-type", "green", "--year", 2021, "--month", 3,
+                         "--model-uri", registered_model["uri"], "--output", by_script)
+    assert run.returncode == 0, run.stderr
+    assert "scored 83,827 rides of green/2021-03" in run.stdout
+
+    notebook_rows, script_rows = batch.read_output(by_notebook), batch.read_output(by_script)
+    pd.testing.assert_frame_equal(notebook_rows, script_rows, check_exact=True)
+    assert notebook_rows.attrs["model_version"] == registered_model["model_id"]
+    assert len(script_rows) == 83_827  # every row of the file, no duration filter
+    assert list(script_rows.columns) == [
+        "ride_id", "lpep_pickup_datetime", "PULocationID", "DOLocationID",
+        "actual_duration", "predicted_duration", "diff", "model_version",
+    ]
+    assert set(script_rows["model_version"]) == {registered_model["model_id"]}
+    assert not script_rows.attrs["synthetic"]
+
+
+# --- every real month, and the fast path ------------------------------------------------------
+
+
+def test_real_green_months_are_there():
+    """The parametrised test below runs once per real month: in CI an empty list must fail, not pass."""
+    require_real_months(("green", 2021, 1), ("green", 2021, 3))
+    assert len(real_green_months()) >= 2
+
+
+@pytest.mark.parametrize("year, month", real_green_months(), ids=lambda v: f"{v:02d}")
+def test_every_real_green_month_scores_bit_identical_to_pipeline(year, month, model, tmp_path):
+    """Done-when 1 and 2: the month scores; each prediction equals pipeline.predict bit for bit."""
+    path = Path(os.environ["TAXI_DATA_DIR"]) / month_filename("green", year, month)
+    result = score.score_month("green", year, month, model, str(tmp_path / "out.parquet"))
+    scored = batch.read_output(result["output"])
+
+    rides = add_duration(read_month_file(path, "green"), "green")
+    assert FastPredictor(model.pipeline).fast, "the fast path must be the one under test"
+    expected = model.pipeline.predict(frame_features(rides))
+    assert np.array_equal(scored["predicted_duration"].to_numpy(), expected)
+    assert result["rows"] == len(rides) == pq.ParquetFile(path).metadata.num_rows
+    assert np.array_equal(scored["actual_duration"].to_numpy(), rides["duration"].to_numpy())
+    assert np.array_equal(scored["diff"].to_numpy(), rides["duration"].to_numpy() - expected)
+    assert scored["ride_id"].tolist() == [f"{year:04d}/{month:02d}_{i}" for i in range(len(rides))]
+    assert np.array_equal(scored["PULocationID"].to_numpy(), rides["PULocationID"].to_numpy())
+
+
+def test_small_batches_give_the_same_output_with_global_ride_ids(model, tmp_path, monkeypatch):
+    """Reading by row group must not change a single row, nor restart the ride numbering."""
+    require_real_months(("green", 2021, 3))
+    whole = score.score_month("green", 2021, 3, model, str(tmp_path / "whole.parquet"))
+    monkeypatch.setattr(batch, "BATCH_ROWS", 10_000)
+    batched = score.score_month("green", 2021, 3, model, str(tmp_path / "batched.parquet"))
+    assert pq.ParquetFile(batched["output"]).metadata.num_row_groups == 9
+    pd.testing.assert_frame_equal(batch.read_output(whole["output"]), batch.read_output(batched["output"]),
+                                  check_exact=True)
+
+
+def test_synthetic_month_is_labelled(model, tmp_path, capsys):
+    result = score.score_month("green", 2021, 3, model, str(tmp_path / "synthetic.parquet"), synthetic=True)
+    assert result["synthetic"] and result["source"] == "synthetic"
+    assert "SYNTHETIC DATA" in capsys.readouterr().err
+    assert batch.read_output(result["output"]).attrs["synthetic"]
+    assert batch.output_info(result["output"])["synthetic"]
+
+
+# --- atomic output: S3 on moto_server, interrupted runs ----------------------------------------
+
+
+@pytest.fixture
+def bucket(moto_url):
+    import boto3
+
+    name = f"predictions-{time.monotonic_ns()}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+def test_s3_output_on_moto(registered_model, model, bucket, tmp_path):
+    """Done-when 3: score.py writes s3:// through AWS_ENDPOINT_URL; same rows as a local run."""
+    require_real_months(("green", 2021, 3))
+    destination = f"s3://{bucket}/green/2021-03.parquet"
+    run = run_script("--year", 2021, "--month", 3, "--model-uri", registered_model["artifact_uri"],
+                     "--output", destination)
+    assert run.returncode == 0, run.stderr
+    local = score.score_month("green", 2021, 3, model, str(tmp_path / "local.parquet"))
+    pd.testing.assert_frame_equal(batch.read_output(destination), batch.read_output(local["output"]),
+                                  check_exact=True)
+    info = batch.output_info(destination)
+    assert info == {"model_version": registered_model["model_id"], "month": "green/2021-03", "synthetic": False}
+
+
+def test_failed_s3_upload_leaves_nothing(model, bucket, monkeypatch):
+    """A failure at the very last step (the upload) leaves no object at the destination."""
+    import boto3
+
+    def failing_client():
+        client = boto3.client("s3")
+
+        def fail(**kwargs):
+            raise ConnectionError("injected: connection lost during upload")
+
+        for operation in ("PutObject", "UploadPart", "CompleteMultipartUpload"):
+            client.meta.events.register(f"before-call.s3.{operation}", fail)
+        return client
+
+    monkeypatch.setattr(batch, "s3_client", failing_client)
+    destination = f"s3://{bucket}/green/2021-03.parquet"
+    with pytest.raises(Exception, match="injected"):
+        score.score_month("green", 2021, 3, model, destination, synthetic=True)
+    monkeypatch.undo()
+    assert batch.output_info(destination) is None
+
+
+def test_missing_bucket_is_a_clear_error(model, moto_url, capsys):
+    code, _, err = cli(["--year", 2021, "--month", 3, "--synthetic", "--model-uri", model.uri,
+                        "--output", "s3://no-such-bucket/green/2021-03.parquet"], capsys)
+    assert code == 1
+    assert err.splitlines()[-1].startswith("score.py: error: cannot upload s3://no-such-bucket/green/2021-03.parquet")
+    assert "NoSuchBucket" in err
+
+
+def test_process_killed_mid_upload_leaves_nothing(registered_model, bucket, tmp_path):
+    """SIGKILL while the multipart upload of a 3-million-ride output is under way: no object.
+    (The killed process's local temporary file goes to TMPDIR, here the test's own folder.)"""
+    import boto3
+
+    s3 = boto3.client("s3")
+    destination = f"s3://{bucket}/yellow/2022-01.parquet"
+    process = subprocess.Popen(
+        [sys.executable, str(SCORE_PY), "--taxi-type", "yellow", "--year", "2022", "--month", "1",
+         "--synthetic", "--model-uri", registered_model["artifact_uri"], "--output", destination],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    try:
+        deadline = time.monotonic() + 180
+        uploading = False
+        while time.monotonic() < deadline and process.poll() is None:
+            if s3.list_multipart_uploads(Bucket=bucket).get("Uploads"):
+                uploading = True
+                break
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert uploading, f"never saw the upload start; exit {process.returncode}: {process.stderr.read()[-2000:]}"
+    assert process.returncode == -signal.SIGKILL
+    assert batch.output_info(destination) is None
+
+
+def test_local_failure_midway_leaves_nothing_and_keeps_previous_output(model, tmp_path, monkeypatch):
+    """A run failing after some batches are written: no file, no temporary left; an earlier output
+    of the month stays whole until a run succeeds, which then replaces it whole."""
+    destination = tmp_path / "month.parquet"
+    monkeypatch.setattr(batch, "BATCH_ROWS", 20_000)
+    calls = {"n": 0}
+    real_predict = FastPredictor.predict_frame
+
+    def predict_then_fail(self, df):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("injected: scorer died on batch 3")
+        return real_predict(self, df)
+
+    monkeypatch.setattr(FastPredictor, "predict_frame", predict_then_fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        score.score_month("green", 2021, 3, model, str(destination), synthetic=True)
+    assert not destination.exists() and leftovers(tmp_path) == []
+
+    monkeypatch.setattr(FastPredictor, "predict_frame", real_predict)
+    first = score.score_month("green", 2021, 3, model, str(destination), synthetic=True)
+    before = destination.read_bytes()
+    monkeypatch.setattr(FastPredictor, "predict_frame", predict_then_fail)
+    calls["n"] = 0
+    with pytest.raises(RuntimeError, match="injected"):
+        score.score_month("green", 2021, 3, model, str(destination), synthetic=True)
+    assert destination.read_bytes() == before and leftovers(tmp_path) == []
+    assert len(batch.read_output(destination)) == first["rows"]
+
+
+# --- bad input: one clear line, non-zero exit, no output ---------------------------------------
+
+
+def cli(argv, capsys) -> tuple[int, str, str]:
+    """score.py's main() in this process; the environment is restored afterwards."""
+    with mock.patch.dict(os.environ):
+        try:
+            code = score.main([str(a) for a in argv])
+        except SystemExit as exit:
+            code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_clean_failure(code, err, destination: Path, *fragments):
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 or "usage:" in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert not destination.exists() and leftovers(destination.parent) == []
+
+
+def test_missing_month_is_a_clear_error(model, tmp_path, capsys, offline, monkeypatch):
+    monkeypatch.setenv("TAXI_DATA_DIR", str(tmp_path / "empty"))
+    destination = tmp_path / "out.parquet"
+    code, _, err = cli(["--year", 2021, "--month", 3, "--model-uri", model.uri, "--output", destination], capsys)
+    assert_clean_failure(code, err, destination, "score.py: error:", "green_tripdata_2021-03.parquet is not in",
+                         "--synthetic")
+
+
+def test_wrong_schema_and_unreadable_files_are_clear_errors(model, tmp_path, capsys):
+    wrong = tmp_path / "wrong.parquet"
+    pq.write_table(pa.table({"a": [1, 2], "b": ["x", "y"]}), wrong)
+    not_parquet = tmp_path / "notes.parquet"
+    not_parquet.write_text("these are not trip records\n")
+    destination = tmp_path / "out.parquet"
+    for bad, message in ((wrong, "is not a green TLC file: it lacks"), (not_parquet, "is not a readable parquet file")):
+        code, _, err = cli(["--year", 2021, "--month", 3, "--model-uri", model.uri, "--input", bad,
+                            "--output", destination], capsys)
+        assert_clean_failure(code, err, destination, message)
+
+
+def test_yellow_file_given_as_green_is_a_clear_error(model, tmp_path, capsys):
+    yellow = data.write_month_file(data.synthetic_month("yellow", 2022, 1, n_rides=100), tmp_path / "yellow.parquet")
+    destination = tmp_path / "out.parquet"
+    code, _, err = cli(["--taxi-type", "green", "--year", 2022, "--month", 1, "--model-uri", model.uri,
+                        "--input", yellow, "--output", destination], capsys)
+    assert_clean_failure(code, err, destination, "lpep_pickup_datetime")
+
+
+def test_empty_month_gives_empty_output_with_the_schema(model, tmp_path, capsys):
+    empty = data.write_month_file(data.synthetic_month("green", 2021, 3, n_rides=0), tmp_path / "empty-month.parquet")
+    destination = tmp_path / "out.parquet"
+    code, out, err = cli(["--year", 2021, "--month", 3, "--model-uri", model.uri, "--input", empty,
+                          "--output", destination], capsys)
+    assert code == 0, err
+    assert "scored 0 rides" in out
+    table = pq.read_table(destination)
+    assert table.num_rows == 0
+    assert table.schema.remove_metadata() == batch.output_schema("green")
+    assert batch.output_info(destination)["model_version"] == model.version
+
+
+def test_unknown_taxi_type_is_a_clear_error(model, tmp_path, capsys):
+    destination = tmp_path / "out.parquet"
+    code, _, err = cli(["--taxi-type", "purple", "--year", 2021, "--month", 3, "--output", destination], capsys)
+    assert_clean_failure(code, err, destination, "invalid choice: 'purple'")
+    with pytest.raises(ValueError, match="unknown taxi type 'purple'"):
+        score.score_month("purple", 2021, 3, model, str(destination))
+    assert not destination.exists()
+
+
+def test_model_that_does_not_load_is_a_clear_error(tmp_path, capsys):
+    destination = tmp_path / "out.parquet"
+    code, _, err = cli(["--year", 2021, "--month", 3, "--synthetic", "--model-uri", tmp_path / "no-model",
+                        "--output", destination], capsys)
+    assert_clean_failure(code, err, destination, "cannot load model", "no MLmodel file")
+
+
+def test_impossible_month_is_a_clear_error(model, tmp_path, capsys):
+    destination = tmp_path / "out.parquet"
+    code, _, err = cli(["--year", 2021, "--month", 13, "--model-uri", model.uri, "--output", destination], capsys)
+    assert_clean_failure(code, err, destination, "no such TLC month: 2021-13")
+
+
+# --- backfill -------------------------------------------------------------------------------------
+
+
+def test_backfill_scores_skips_and_forces(model, tmp_path, capsys, offline, monkeypatch):
+    require_real_months(("green", 2021, 1), ("green", 2021, 2))
+    only_two = tmp_path / "data"
+    only_two.mkdir()
+    for month in (1, 2):
+        name = month_filename("green", 2021, month)
+        (only_two / name).symlink_to(Path(os.environ["TAXI_DATA_DIR"]) / name)
+    monkeypatch.setenv("TAXI_DATA_DIR", str(only_two))
+    root = tmp_path / "output"
+    def backfill_cli(last_month):
+        return cli(["backfill", "--from", "2021-01", "--to", last_month, "--model-uri", model.uri,
+                    "--output-root", root], capsys)
+
+    code, out, _ = backfill_cli("2021-03")
+    assert code == 1  # 2021-03 is missing here
+    status = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:]}
+    assert status == {"green/2021-01": "scored", "green/2021-02": "scored", "green/2021-03": "failed"}
+    first = (root / "green" / "2021-01.parquet").stat().st_mtime_ns
+
+    code, out, _ = backfill_cli("2021-02")
+    assert code == 0
+    assert [line.split()[1] for line in out.splitlines()[1:]] == ["skipped", "skipped"]
+    assert (root / "green" / "2021-01.parquet").stat().st_mtime_ns == first
+
+    summary = score.backfill("green", "2021-01", "2021-02", model, str(root), force=True)
+    assert [row["status"] for row in summary] == ["scored", "scored"]
+    assert (root / "green" / "2021-01.parquet").stat().st_mtime_ns != first
+
+    other = load_model(model.uri)
+    other.model_id = "m-another-model"
+    summary = score.backfill("green", "2021-01", "2021-02", other, str(root))
+    assert [row["status"] for row in summary] == ["scored", "scored"]
+    assert batch.output_info(root / "green" / "2021-02.parquet")["model_version"] == "m-another-model"
+
+
+def test_month_range():
+    assert score.month_range("2021-11", "2022-02") == [(2021, 11), (2021, 12), (2022, 1), (2022, 2)]
+    with pytest.raises(ValueError, match="is after"):
+        score.month_range("2022-02", "2021-11")
+    with pytest.raises(ValueError, match="use YYYY-MM"):
+        score.month_range("2021/01", "2021-02")
+    with pytest.raises(ValueError, match="no such TLC month: 2021-13"):
+        score.month_range("2021-01", "2021-13")
+
+
+# --- the walkthrough notebook -------------------------------------------------------------------------
+
+
+def test_walkthrough_notebook_runs(registered_model, tmp_path):
+    """notebooks/05-batch.ipynb under papermill: papermill runs, a backfill (then all skipped), plots."""
+    import nbformat
+    import papermill
+
+    output_root, runs = tmp_path / "output", tmp_path / "runs"
+    executed = tmp_path / "05-batch.ipynb"
+    with tracking_store(registered_model["tracking_uri"]):
+        papermill.execute_notebook(
+            str(ROOT / "notebooks" / "05-batch.ipynb"), str(executed),
+            parameters={"model_uri": registered_model["uri"], "output_root": str(output_root), "runs_dir": str(runs),
+                        "papermill_months": ["2021-03"], "backfill_from": "2021-02", "backfill_to": "2021-03"},
+            cwd=str(ROOT / "notebooks"), progress_bar=False,
+        )
+    for month in ("2021-02", "2021-03"):
+        assert batch.output_info(output_root / "green" / f"{month}.parquet")["model_version"] == registered_model["model_id"]
+    assert [p.name for p in runs.iterdir()] == ["score-green-2021-03.ipynb"]
+    cells = nbformat.read(executed, as_version=4).cells
+    text = "".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.outputs)
+    assert text.count("skipped ") == 3  # the month papermill scored, then both on the second backfill
+    images = sum("image/png" in o.get("data", {}) for c in cells if c.cell_type == "code" for o in c.outputs)
+    assert images == 3

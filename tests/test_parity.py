@@ -1,0 +1,107 @@
+"""One ride, one number: every way of serving the model gives each ride the same prediction (to 1e-9).
+
+Each scorer takes (rides, registered_model, tmp_path) and returns one prediction per ride, in order.
+To add a way of serving (the web service, the Lambda handler), write its scorer and add it to
+SCORERS; the test compares every scorer against the trained pipeline.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, tracking_store
+from ride_duration.batch import read_output
+from ride_duration.data import read_month, write_month_file
+from ride_duration.features import FastPredictor, ride_features, validate_ride
+from ride_duration.model import load_model
+
+TOLERANCE = 1e-9
+
+# Rides at the edges: a pair never seen in training, the "unknown" zones, no distance, a long ride.
+EDGE_RIDES = [
+    {"PULocationID": 1, "DOLocationID": 1, "trip_distance": 3.0},
+    {"PULocationID": 264, "DOLocationID": 265, "trip_distance": 1.2},
+    {"PULocationID": 74, "DOLocationID": 75, "trip_distance": 0.0},
+    {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 999.0},
+]
+
+
+@pytest.fixture(scope="module")
+def parity_rides() -> list[dict]:
+    """200 rides of green 2021-03 (synthetic where the real month is absent) plus the edge rides."""
+    month = read_month("green", 2021, 3, synthetic="fallback").sample(200, random_state=3)
+    rides = [
+        {"PULocationID": int(pu), "DOLocationID": int(do), "trip_distance": float(distance)}
+        for pu, do, distance in zip(month["PULocationID"], month["DOLocationID"], month["trip_distance"])
+    ]
+    return [validate_ride(ride) for ride in rides + EDGE_RIDES]
+
+
+def trained_pipeline(rides, model, tmp_path):
+    return model["pipeline"].predict([ride_features(r) for r in rides])
+
+
+def registered_by_alias(rides, model, tmp_path):
+    with tracking_store(model["tracking_uri"]):
+        loaded = load_model(model["uri"])
+    return loaded.pipeline.predict([ride_features(r) for r in rides])
+
+
+def registered_by_artifact_uri(rides, model, tmp_path):
+    return load_model(model["artifact_uri"]).pipeline.predict([ride_features(r) for r in rides])
+
+
+def fast_predictor(rides, model, tmp_path):
+    predictor = FastPredictor(load_model(model["artifact_uri"]).pipeline)
+    assert predictor.fast
+    return predictor.predict_rides(rides)
+
+
+def score_py(rides, model, tmp_path):
+    """The batch scorer as deployed: the rides as a TLC month file, scored by scripts/score.py."""
+    pickup = pd.Timestamp("2021-03-15 08:00:00")
+    month = pd.DataFrame({
+        "lpep_pickup_datetime": [pickup] * len(rides),
+        "lpep_dropoff_datetime": [pickup + pd.Timedelta(minutes=10)] * len(rides),
+        "PULocationID": [r["PULocationID"] for r in rides],
+        "DOLocationID": [r["DOLocationID"] for r in rides],
+        "trip_distance": [r["trip_distance"] for r in rides],
+    })
+    source = write_month_file(month, tmp_path / "parity-rides.parquet")
+    output = tmp_path / "parity-scored.parquet"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "score.py"), "--year", "2021", "--month", "3",
+         "--model-uri", model["artifact_uri"], "--input", str(source), "--output", str(output)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    scored = read_output(output)
+    assert scored["ride_id"].tolist() == [f"2021/03_{i}" for i in range(len(rides))]
+    return scored["predicted_duration"].to_numpy()
+
+
+# Each way of serving the model. The web service and the Lambda handler join here when they land.
+SCORERS = {
+    "trained pipeline": trained_pipeline,
+    "registered model by alias": registered_by_alias,
+    "registered model by artifact URI": registered_by_artifact_uri,
+    "FastPredictor": fast_predictor,
+    "scripts/score.py": score_py,
+}
+
+
+def test_every_way_gives_each_ride_the_same_number(parity_rides, registered_model, tmp_path):
+    reference = np.asarray(trained_pipeline(parity_rides, registered_model, tmp_path), dtype=float)
+    assert reference.shape == (len(parity_rides),) and np.all(np.isfinite(reference))
+    worst = {}
+    for name, scorer in SCORERS.items():
+        predictions = np.asarray(scorer(parity_rides, registered_model, Path(tmp_path)), dtype=float)
+        assert predictions.shape == reference.shape, name
+        worst[name] = float(np.max(np.abs(predictions - reference)))
+    assert all(error <= TOLERANCE for error in worst.values()), f"largest difference per scorer: {worst}"

@@ -13,8 +13,12 @@ import warnings
 import zlib
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where it is used: batch scoring runs on Arrow without it
+    import pandas as pd
 
 TLC_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data/{filename}"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -164,6 +168,8 @@ def read_month_file(path: Path | str, taxi_type: str) -> pd.DataFrame:
 
 def normalise_dtypes(df: pd.DataFrame, taxi_type: str) -> pd.DataFrame:
     """From 2023-02 the TLC writes int32 location IDs and a double ehail_fee; make every month alike."""
+    import pandas as pd
+
     pickup, dropoff = DATETIME_COLUMNS[taxi_type]
     df[pickup] = pd.to_datetime(df[pickup])
     df[dropoff] = pd.to_datetime(df[dropoff])
@@ -208,6 +214,8 @@ def synthetic_month(taxi_type: str, year: int, month: int, n_rides: int | None =
     zone-pair speed plus noise, so a model trained on it learns something, but it is not NYC:
     every result computed from it is labelled synthetic.
     """
+    import pandas as pd
+
     check_taxi_type(taxi_type)
     year, month = check_month(year, month)
     n = int(n_rides if n_rides is not None else (70_000 if taxi_type == "green" else 3_000_000))

@@ -69,6 +69,20 @@ def validate_ride(ride) -> dict:
     return clean
 
 
+# Regressors whose predict on sparse input is safe_sparse_dot(X, coef_) + intercept_.
+LINEAR_REGRESSORS = {
+    "sklearn.linear_model._base.LinearRegression",
+    "sklearn.linear_model._ridge.Ridge",
+    "sklearn.linear_model._coordinate_descent.Lasso",
+    "sklearn.linear_model._coordinate_descent.ElasticNet",
+}
+
+
+def class_name(obj) -> str:
+    """The qualified name of obj's class, as pickle records it (a stand-in keeps the original's)."""
+    return getattr(obj, "pickled_class", None) or f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
 class FastPredictor:
     """pipeline.predict for rides, without a dict per ride; identical answers.
 
@@ -82,13 +96,10 @@ class FastPredictor:
         self.linear = self.fast and self._compile_linear()
 
     def _compile(self, pipeline) -> bool:
-        from sklearn.feature_extraction import DictVectorizer
-        from sklearn.pipeline import Pipeline
-
-        if not (isinstance(pipeline, Pipeline) and len(pipeline.steps) == 2):
+        if not (class_name(pipeline) == "sklearn.pipeline.Pipeline" and len(pipeline.steps) == 2):
             return False
         vectorizer, self.estimator = pipeline.steps[0][1], pipeline.steps[1][1]
-        if not isinstance(vectorizer, DictVectorizer):
+        if class_name(vectorizer) != "sklearn.feature_extraction._dict_vectorizer.DictVectorizer":
             return False
         vocabulary = vectorizer.vocabulary_
         sep = vectorizer.separator
@@ -100,7 +111,7 @@ class FastPredictor:
         self.dtype = vectorizer.dtype
         self.distance_column = vocabulary.get("trip_distance", -1)
         # pair_column[PU, DO] = the column of "PU_DO=PU_DO", or -1 where the pair was never seen
-        self.pair_column = np.full((MAX_LOCATION_ID + 1, MAX_LOCATION_ID + 1), -1, dtype=np.int64)
+        self.pair_column = np.full((MAX_LOCATION_ID + 1, MAX_LOCATION_ID + 1), -1, dtype=np.int32)
         for name, column in vocabulary.items():
             if name == "trip_distance":
                 continue
@@ -112,14 +123,13 @@ class FastPredictor:
 
     def _compile_linear(self) -> bool:
         """Coefficients as plain floats, for linear regressors whose predict is X @ coef_ + intercept_."""
-        from sklearn.linear_model import ElasticNet, Lasso, LinearRegression, Ridge
-
         coef = getattr(self.estimator, "coef_", None)
-        if type(self.estimator) not in (LinearRegression, Ridge, Lasso, ElasticNet) or np.ndim(coef) != 1:
+        if class_name(self.estimator) not in LINEAR_REGRESSORS or np.ndim(coef) != 1:
             return False
         if np.ndim(self.estimator.intercept_) != 0 or self.dtype != np.float64:
             return False
         coef = np.asarray(coef, dtype=np.float64)
+        self.pair_coef_column = np.append(coef, 0.0)  # coef by column, and 0.0 for "no pair column"
         self.intercept = float(self.estimator.intercept_)
         self.distance_coef = float(coef[self.distance_column]) if self.distance_column >= 0 else 0.0
         pu, do = np.nonzero(self.pair_column >= 0)
@@ -136,23 +146,28 @@ class FastPredictor:
             return float(self.predict_arrays([pu], [do], [distance])[0])
         return self.pair_coef.get((pu, do), 0.0) + distance * self.distance_coef + self.intercept
 
+    def pair_columns(self, pu, do) -> np.ndarray:
+        """The PU_DO column of each ride (int32), or -1 for a pair never seen in training."""
+        pu = np.asarray(pu)
+        do = np.asarray(do)
+        in_range = (pu >= 0) & (pu <= MAX_LOCATION_ID) & (do >= 0) & (do <= MAX_LOCATION_ID)
+        # One flat take on the (MAX_LOCATION_ID + 1)^2 table; out-of-range rides look up cell 0 (-1).
+        cell = np.where(in_range, pu.astype(np.int32) * (MAX_LOCATION_ID + 1) + do.astype(np.int32), 0)
+        return self.pair_column.ravel().take(cell)
+
     def matrix(self, pu, do, distance):
         """The DictVectorizer's output for these rides, built from integer codes."""
         import scipy.sparse as sp
 
-        pu = np.asarray(pu, dtype=np.int64)
-        do = np.asarray(do, dtype=np.int64)
         distance = np.asarray(distance, dtype=np.float64)
-        in_range = (pu >= 0) & (pu <= MAX_LOCATION_ID) & (do >= 0) & (do <= MAX_LOCATION_ID)
-        pair = np.full(pu.shape, -1, dtype=np.int64)
-        pair[in_range] = self.pair_column[pu[in_range], do[in_range]]
+        pair = self.pair_columns(pu, do)
         has_pair = pair >= 0
         has_distance = self.distance_column >= 0
-        per_row = has_pair.astype(np.int64) + int(has_distance)
-        indptr = np.zeros(pu.size + 1, dtype=np.int64)
+        per_row = has_pair.astype(np.int32) + int(has_distance)
+        indptr = np.zeros(pair.size + 1, dtype=np.int32)
         np.cumsum(per_row, out=indptr[1:])
         # Same order as DictVectorizer.transform: PU_DO first, then trip_distance.
-        indices = np.empty(indptr[-1], dtype=np.int64)
+        indices = np.empty(indptr[-1], dtype=np.int32)
         values = np.empty(indptr[-1], dtype=self.dtype)
         starts = indptr[:-1]
         indices[starts[has_pair]] = pair[has_pair]
@@ -161,10 +176,26 @@ class FastPredictor:
             last = indptr[1:] - 1
             indices[last] = self.distance_column
             values[last] = distance
-        return sp.csr_matrix((values, indices, indptr), shape=(pu.size, self.n_features))
+        return sp.csr_matrix((values, indices, indptr), shape=(pair.size, self.n_features))
+
+    def linear_predict(self, pu, do, distance) -> np.ndarray:
+        """X @ coef_ + intercept_ for linear regressors, in numpy, without building X.
+
+        scipy's sparse product sums each row from 0.0 in the row's order, the PU_DO column
+        (value 1.0) then trip_distance, and the regressor then adds intercept_: the same
+        operations in the same order, so the same bits.
+        """
+        total = self.pair_coef_column.take(self.pair_columns(pu, do))  # -1 (unseen pair) takes the last: 0.0
+        total += 0.0  # the row sum starts at 0.0: turns a -0.0 coefficient into 0.0, as scipy does
+        if self.distance_column >= 0:
+            total += np.asarray(distance, dtype=np.float64) * self.distance_coef
+        total += self.estimator.intercept_
+        return total
 
     def predict_arrays(self, pu, do, distance) -> np.ndarray:
         """Predictions for columns of PULocationID, DOLocationID and trip_distance."""
+        if self.linear:
+            return self.linear_predict(pu, do, distance)
         if not self.fast:
             pu_do = [f"{a}_{b}" for a, b in zip(np.asarray(pu).tolist(), np.asarray(do).tolist())]
             dicts = [{"PU_DO": k, "trip_distance": d} for k, d in zip(pu_do, np.asarray(distance).tolist())]

@@ -35,28 +35,34 @@ class LoadedModel:
         return self.model_id
 
 
-def load_model(uri: str) -> LoadedModel:
-    """Load a model by URI; raise ModelLoadError with a one-line reason if it cannot be done."""
+def load_model(uri: str, *, without_sklearn: bool = False) -> LoadedModel:
+    """Load a model by URI; raise ModelLoadError with a one-line reason if it cannot be done.
+
+    without_sklearn: for callers that only predict through FastPredictor (batch scoring). A pickled
+    linear ride pipeline is then loaded as its fitted attributes, without importing scikit-learn
+    (1 to 3 s of every cold start); `pipeline` is then only good for FastPredictor, which serves it
+    exactly. Any other model loads as usual.
+    """
     if not uri:
         raise ModelLoadError("no model URI given (set MODEL_URI)")
     scheme = urlparse(uri).scheme
     try:
         if scheme in ("models", "runs"):
-            return _load_from_mlflow(uri)
+            return _load_from_mlflow(uri, without_sklearn)
         if scheme == "s3":
             with tempfile.TemporaryDirectory(prefix="model-") as folder:
                 _download_s3_folder(uri, Path(folder))
-                return load_model_folder(Path(folder), uri)
+                return load_model_folder(Path(folder), uri, without_sklearn=without_sklearn)
         path = Path(urlparse(uri).path if scheme == "file" else uri)
-        return load_model_folder(path, uri)
+        return load_model_folder(path, uri, without_sklearn=without_sklearn)
     except ModelLoadError:
         raise
     except Exception as error:
         raise ModelLoadError(f"cannot load model {uri}: {type(error).__name__}: {error}") from error
 
 
-def load_model_folder(folder: Path, uri: str | None = None) -> LoadedModel:
-    """Load an MLflow sklearn model folder (MLmodel + model.pkl, or model.skops)."""
+def load_model_folder(folder: Path, uri: str | None = None, *, without_sklearn: bool = False) -> LoadedModel:
+    """Load an MLflow sklearn model folder (MLmodel + model.pkl, or model.skops); see load_model."""
     import yaml
 
     mlmodel = folder / "MLmodel"
@@ -74,10 +80,63 @@ def load_model_folder(folder: Path, uri: str | None = None) -> LoadedModel:
     else:
         import pickle
 
-        with open(data, "rb") as f:
-            pipeline = pickle.load(f)  # noqa: S301 - only our own registry's models are loaded
+        pipeline = load_linear_pipeline(data) if without_sklearn else None
+        if pipeline is None:
+            with open(data, "rb") as f:
+                pipeline = pickle.load(f)  # noqa: S301 - only our own registry's models are loaded
     model_id = info.get("model_id") or info.get("run_id") or "unknown"
     return LoadedModel(pipeline=pipeline, model_id=model_id, uri=uri or str(folder), info=info)
+
+
+class FittedAttributes:
+    """A scikit-learn estimator's pickled attributes, without its class: FastPredictor reads them."""
+
+    pickled_class = ""  # e.g. "sklearn.pipeline.Pipeline"
+
+
+# The classes of a linear ride pipeline, and the numpy globals its arrays and scalars pickle with.
+STAND_IN_CLASSES = {
+    "sklearn.pipeline.Pipeline",
+    "sklearn.feature_extraction._dict_vectorizer.DictVectorizer",
+    "sklearn.linear_model._base.LinearRegression",
+    "sklearn.linear_model._ridge.Ridge",
+    "sklearn.linear_model._coordinate_descent.Lasso",
+    "sklearn.linear_model._coordinate_descent.ElasticNet",
+}
+NUMPY_GLOBALS = {
+    (module, name)
+    for module in ("numpy", "numpy._core.multiarray", "numpy.core.multiarray")
+    for name in ("_reconstruct", "scalar", "ndarray", "dtype", "float64", "float32", "int64", "int32")
+}
+
+
+def load_linear_pipeline(path: Path):
+    """The pickled pipeline as FittedAttributes stand-ins if FastPredictor serves it whole, else None.
+
+    The pickle may name only STAND_IN_CLASSES and NUMPY_GLOBALS; anything else (another
+    estimator, a transformer) needs scikit-learn itself, and the caller unpickles it as usual.
+    """
+    import pickle
+
+    from ride_duration.features import FastPredictor
+
+    class Unknown(Exception):
+        pass
+
+    class StandInUnpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if f"{module}.{name}" in STAND_IN_CLASSES:
+                return type(name, (FittedAttributes,), {"pickled_class": f"{module}.{name}"})
+            if (module, name) in NUMPY_GLOBALS:
+                return super().find_class(module, name)
+            raise Unknown(f"{module}.{name}")
+
+    with open(path, "rb") as f:
+        try:
+            pipeline = StandInUnpickler(f).load()  # noqa: S301 - only our own registry's models are loaded
+        except Unknown:
+            return None
+    return pipeline if FastPredictor(pipeline).linear else None
 
 
 def _download_s3_folder(uri: str, dest: Path) -> None:
@@ -97,11 +156,11 @@ def _download_s3_folder(uri: str, dest: Path) -> None:
         raise ModelLoadError(f"cannot load model {uri}: nothing stored under that S3 prefix")
 
 
-def _load_from_mlflow(uri: str) -> LoadedModel:
+def _load_from_mlflow(uri: str, without_sklearn: bool = False) -> LoadedModel:
     import mlflow
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    loaded = load_model_folder(local, uri)
+    loaded = load_model_folder(local, uri, without_sklearn=without_sklearn)
     loaded.registered_version = _registered_version(uri)
     return loaded
 

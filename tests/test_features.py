@@ -59,3 +59,32 @@ def test_unrecognised_pipeline_falls_back_to_its_own_predict(synthetic_rides):
     assert not fast.fast
     rides = synthetic_rides.head(500)
     assert np.array_equal(fast.predict_frame(rides), pipeline.predict(frame_features(rides)))
+
+
+def test_loading_without_sklearn_serves_linear_pipelines_only(synthetic_rides, tmp_path):
+    """load_model(without_sklearn=True): stand-ins for a linear ride pipeline (same answers), the real
+    pipeline for anything else."""
+    import pickle
+
+    from sklearn.feature_extraction import DictVectorizer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MaxAbsScaler
+
+    from ride_duration.model import load_model
+
+    linear = train.fit(train.make_pipeline(LinearRegression()), synthetic_rides)
+    scaled = make_pipeline(DictVectorizer(), MaxAbsScaler(), LinearRegression())
+    scaled.fit(frame_features(synthetic_rides), synthetic_rides["duration"])
+    other = data.synthetic_month("green", 2021, 2, n_rides=5_000)
+    other.loc[:50, "PULocationID"] = 265  # pairs never seen in training
+    for name, pipeline in [("linear", linear), ("scaled", scaled)]:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "MLmodel").write_text(
+            "flavors:\n  sklearn:\n    pickled_model: model.pkl\n    serialization_format: pickle\nmodel_id: m-test\n")
+        (folder / "model.pkl").write_bytes(pickle.dumps(pipeline))
+        loaded = load_model(str(folder), without_sklearn=True)
+        assert isinstance(loaded.pipeline, type(pipeline)) == (name == "scaled"), name
+        fast = FastPredictor(loaded.pipeline)
+        assert fast.linear == (name == "linear")
+        assert np.array_equal(fast.predict_frame(other), pipeline.predict(frame_features(other)))

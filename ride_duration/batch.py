@@ -18,10 +18,10 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlparse
 
-import pandas as pd
+import numpy as np
 
 from ride_duration.data import (
     DATETIME_COLUMNS,
@@ -32,9 +32,12 @@ from ride_duration.data import (
     check_month,
     check_taxi_type,
     locate_month,
-    normalise_dtypes,
     synthetic_month,
 )
+
+if TYPE_CHECKING:  # batch scoring works on Arrow tables; pandas is imported only where it is used
+    import pandas as pd
+    import pyarrow as pa
 
 METADATA_PREFIX = "ride_duration."  # parquet keys ride_duration.model_version, .month, .synthetic (as inputs)
 BATCH_ROWS = 1 << 20  # a TLC-sized row group: bounded memory, few enough batches to stay fast
@@ -55,32 +58,122 @@ class MonthInput:
     synthetic: bool
     num_rows: int
     _file: object = None  # pyarrow.parquet.ParquetFile
-    _frame: pd.DataFrame | None = None
+    _table: pa.Table | None = None
 
-    def batches(self, batch_rows: int | None = None) -> Iterator[tuple[int, pd.DataFrame]]:
-        """(first row number, rides) per batch, with the core's dtypes; row numbers are global.
+    def batches(self, batch_rows: int | None = None) -> Iterator[tuple[int, pa.Table]]:
+        """(first row number, rides as an Arrow table of input_columns) per batch; row numbers are global.
 
         The next batch is read in a background thread while the caller scores this one.
         """
         return read_ahead(self._batches(batch_rows or BATCH_ROWS))
 
-    def _batches(self, batch_rows: int) -> Iterator[tuple[int, pd.DataFrame]]:
+    def _batches(self, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
         first_row = 0
-        if self._frame is not None:
-            frames = (self._frame.iloc[i:i + batch_rows] for i in range(0, len(self._frame), batch_rows))
-        else:
-            frames = self._file_frames(batch_rows)
-        for frame in frames:
-            rides = normalise_dtypes(frame.reset_index(drop=True), self.taxi_type)
-            yield first_row, rides
-            first_row += len(rides)
-
-    def _file_frames(self, batch_rows: int) -> Iterator[pd.DataFrame]:
-        """Read one row group at a time (its columns decoded in parallel), in slices of batch_rows."""
-        for group in range(self._file.num_row_groups):
-            table = self._file.read_row_group(group, columns=input_columns(self.taxi_type))
+        tables = [self._table] if self._table is not None else self._row_groups()
+        for table in tables:
             for offset in range(0, table.num_rows, batch_rows):
-                yield table.slice(offset, batch_rows).to_pandas(split_blocks=True)
+                rides = table.slice(offset, batch_rows)
+                yield first_row, rides
+                first_row += rides.num_rows
+
+    def _row_groups(self) -> Iterator[pa.Table]:
+        """One row group at a time (its columns decoded in parallel)."""
+        for group in range(self._file.num_row_groups):
+            yield self._file.read_row_group(group, columns=input_columns(self.taxi_type))
+
+
+@dataclass
+class RideColumns:
+    """One batch's columns as scoring needs them, with one dtype across TLC years."""
+
+    pickup: pa.Array  # timestamp, as in the file
+    pu: np.ndarray  # int64
+    do: np.ndarray  # int64
+    distance: np.ndarray  # float64, NaN where missing
+    duration: np.ndarray  # minutes, float64, NaN where a timestamp is missing
+
+
+def ride_columns(rides: pa.Table, taxi_type: str) -> RideColumns:
+    """The columns of a batch from batches(), without pandas (from 2023-02 location IDs are int32).
+
+    Raises BadMonthFile for a ride without a zone id.
+    """
+    import pyarrow as pa
+
+    pickup, dropoff = DATETIME_COLUMNS[taxi_type]
+
+    def array(name: str) -> pa.Array:
+        chunks = rides.column(name)
+        return chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()
+
+    def numbers(name: str, dtype) -> np.ndarray:
+        values = array(name).cast(pa.from_numpy_dtype(dtype))
+        if values.null_count and dtype == np.int64:
+            raise BadMonthFile(f"{values.null_count:,} rides have no {name}")
+        return numpy_values(values.fill_null(np.nan) if values.null_count else values, dtype)
+
+    pickups, dropoffs = array(pickup), array(dropoff)
+    return RideColumns(
+        pickup=pickups,
+        pu=numbers("PULocationID", np.int64),
+        do=numbers("DOLocationID", np.int64),
+        distance=numbers("trip_distance", np.float64),
+        duration=duration_minutes(pickups, dropoffs),
+    )
+
+
+def numpy_values(array: pa.Array, dtype) -> np.ndarray:
+    """The values of an Arrow array without nulls as numpy, without a copy.
+
+    Read from the array's buffer: pyarrow's own to_numpy() and most multi-argument compute functions
+    import pandas (to check for pandas inputs), which would cost every run a second of cold start.
+    """
+    dtype = np.dtype(dtype)
+    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+
+
+def arrow_array(values: np.ndarray) -> pa.Array:
+    """A numpy column as an Arrow array without a copy (the twin of numpy_values)."""
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def fixed_width_strings(blocks: list[np.ndarray]) -> pa.Array:
+    """An Arrow string array from blocks of bytes, one string per row of each 2-D uint8 block, in order."""
+    import pyarrow as pa
+
+    offsets = [np.zeros(1, dtype=np.int32)]
+    for block in blocks:  # a block of m rows of width w: offsets end + w, end + 2w, ..., end + m*w
+        rows, width = block.shape
+        offsets.append(np.arange(1, rows + 1, dtype=np.int32) * np.int32(width) + offsets[-1][-1])
+    data = [np.ascontiguousarray(block).ravel() for block in blocks]
+    data = data[0] if len(data) == 1 else np.concatenate(data) if data else np.empty(0, dtype=np.uint8)
+    count = sum(len(block) for block in blocks)
+    return pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(np.concatenate(offsets)), pa.py_buffer(data)])
+
+
+TICKS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def duration_minutes(pickup: pa.Array, dropoff: pa.Array) -> np.ndarray:
+    """(dropoff - pickup).dt.total_seconds() / 60, the target of ride_duration.data.add_duration, bit for bit.
+
+    pandas' total_seconds splits whole seconds from the rest ("floor + residual / ticks per second");
+    this does the same on the int64 timestamps. A batch with a missing timestamp, or beyond 2**53 ticks
+    (where pandas corrects the rounding: a stray timestamp years away, in nanoseconds) goes to pandas itself.
+    """
+    import pyarrow as pa
+
+    ticks = None
+    if pickup.null_count == 0 and dropoff.null_count == 0:
+        ticks = numpy_values(dropoff.cast(pa.int64()), np.int64) - numpy_values(pickup.cast(pa.int64()), np.int64)
+    if ticks is None or np.abs(ticks).max(initial=0) > 2**53:
+        return ((dropoff.to_pandas() - pickup.to_pandas()).dt.total_seconds() / 60).to_numpy(dtype=np.float64)
+    per_second = TICKS_PER_SECOND[pickup.type.unit]
+    seconds, residual = np.divmod(ticks, per_second)
+    return (seconds + residual / per_second) / 60
 
 
 def read_ahead(items: Iterator) -> Iterator:
@@ -132,8 +225,11 @@ def open_month(
 
 
 def _synthetic_input(taxi_type: str, year: int, month: int) -> MonthInput:
+    import pyarrow as pa
+
     frame = synthetic_month(taxi_type, year, month)[input_columns(taxi_type)]
-    return MonthInput(taxi_type, year, month, "synthetic", True, len(frame), _frame=frame)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    return MonthInput(taxi_type, year, month, "synthetic", True, table.num_rows, _table=table)
 
 
 def _file_input(path: Path, taxi_type: str, year: int, month: int) -> MonthInput:

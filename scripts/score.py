@@ -9,38 +9,57 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-from tqdm.auto import tqdm
 
-from ride_duration.batch import atomic_parquet, default_output, open_month, output_info, output_info_for, output_schema
-from ride_duration.data import BadMonthFile, MonthNotAvailable, add_duration, check_month, pickup_column
+from ride_duration.batch import (arrow_array, atomic_parquet, default_output, fixed_width_strings, open_month,
+                                 output_info, output_info_for, output_schema, ride_columns)
+from ride_duration.data import BadMonthFile, MonthNotAvailable, check_month
 from ride_duration.features import FastPredictor
 from ride_duration.model import ModelLoadError, load_model
-from ride_duration.train import tracking_uri
 
 
 def ride_ids(year: int, month: int, first_row: int, n: int) -> pa.Array:
-    """f"{year:04d}/{month:02d}_{row}" for rows first_row .. first_row + n - 1, built by Arrow."""
-    rows = pc.cast(pa.array(np.arange(first_row, first_row + n, dtype=np.int64)), pa.string())
-    return pc.binary_join_element_wise(f"{year:04d}/{month:02d}_", rows, "")
+    """f"{year:04d}/{month:02d}_{row}" for rows first_row .. first_row + n - 1, as an Arrow string array.
+
+    Rows whose numbers have the same count of digits are one block of bytes, a row per ride: the
+    prefix, then the digits, each column of digits computed for all rows at once by numpy.
+    """
+    prefix = np.frombuffer(f"{year:04d}/{month:02d}_".encode(), dtype=np.uint8)
+    blocks = []
+    start, end = first_row, first_row + n
+    while start < end:
+        digits = len(str(start))
+        stop = min(end, 10**digits)
+        rest = np.arange(start, stop, dtype=np.int64)
+        block = np.empty((stop - start, prefix.size + digits), dtype=np.uint8)
+        block[:, :prefix.size] = prefix
+        for position in range(1, digits + 1):  # from the last digit
+            rest, digit = np.divmod(rest, 10)
+            block[:, -position] = digit + ord("0")
+        blocks.append(block)
+        start = stop
+    return fixed_width_strings(blocks)
+
+
+def repeated(text: str, n: int) -> pa.Array:
+    """The same string n times, as an Arrow string array."""
+    return fixed_width_strings([np.broadcast_to(np.frombuffer(text.encode(), dtype=np.uint8), (n, len(text.encode())))])
 
 
 def score_batch(rides, first_row: int, predictor: FastPredictor, model_version: str,
                 taxi_type: str, year: int, month: int) -> pa.Table:
-    """The output rows for one batch of rides (rides numbered from first_row in the month file)."""
-    rides = add_duration(rides, taxi_type)
-    actual = rides["duration"].to_numpy()
-    predicted = predictor.predict_frame(rides)
-    n = len(rides)
+    """The output rows for one batch of rides, an Arrow table (rides numbered from first_row in the month file)."""
+    ride = ride_columns(rides, taxi_type)
+    predicted = predictor.predict_arrays(ride.pu, ride.do, ride.distance)
+    n = rides.num_rows
     columns = [
         ride_ids(year, month, first_row, n),
-        pa.array(rides[pickup_column(taxi_type)]),
-        pa.array(rides["PULocationID"].to_numpy()),
-        pa.array(rides["DOLocationID"].to_numpy()),
-        pa.array(actual),
-        pa.array(predicted),
-        pa.array(actual - predicted),
-        pa.repeat(pa.scalar(model_version), n),
+        ride.pickup.cast(pa.timestamp("us")),
+        arrow_array(ride.pu),
+        arrow_array(ride.do),
+        arrow_array(ride.duration),
+        arrow_array(predicted),
+        arrow_array(ride.duration - predicted),
+        repeated(model_version, n),
     ]
     return pa.Table.from_arrays(columns, schema=output_schema(taxi_type))
 
@@ -59,7 +78,7 @@ def score_month(taxi_type: str, year: int, month: int, model, output_file: str |
     """
     month_input = open_month(taxi_type, year, month, input_file=input_file or None, synthetic=synthetic)
     loading = time.perf_counter()
-    model = load_model(model) if isinstance(model, str) else model
+    model = load_model(model, without_sklearn=True) if isinstance(model, str) else model
     predictor = FastPredictor(model.pipeline)
     started = time.perf_counter()
     destination = output_file or default_output(taxi_type, year, month)
@@ -110,7 +129,9 @@ def backfill(taxi_type: str, start: str, end: str, model, output_root: str = "ou
              force: bool = False, synthetic: bool | str = False) -> list[dict]:
     """Score every month from start to end into output_root; returns one summary row per month."""
     months = month_range(start, end)
-    model = load_model(model) if isinstance(model, str) else model
+    from tqdm.auto import tqdm
+
+    model = load_model(model, without_sklearn=True) if isinstance(model, str) else model
     summary = []
     for year, month in tqdm(months, desc=f"backfill {taxi_type}", unit="month"):
         destination = default_output(taxi_type, year, month, output_root)
@@ -186,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def use_project_tracking_store() -> None:
     """models:/ URIs are resolved by MLflow: MLFLOW_TRACKING_URI if set, else the project's mlflow.db."""
+    from ride_duration.train import tracking_uri
+
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
 
 

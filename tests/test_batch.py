@@ -44,6 +44,12 @@ def model(registered_model):
     return load_model(registered_model["artifact_uri"])
 
 
+@pytest.fixture(scope="module")
+def lean_model(registered_model):
+    """The same model as score.py loads it: its fitted attributes, without scikit-learn."""
+    return load_model(registered_model["artifact_uri"], without_sklearn=True)
+
+
 @pytest.fixture
 def offline(monkeypatch):
     """No TLC download: a month missing from TAXI_DATA_DIR stays missing, online or not."""
@@ -108,14 +114,18 @@ def test_real_green_months_are_there():
 
 
 @pytest.mark.parametrize("year, month", real_green_months(), ids=lambda v: f"{v:02d}")
-def test_every_real_green_month_scores_bit_identical_to_pipeline(year, month, model, tmp_path):
-    """Done-when 1 and 2: the month scores; each prediction equals pipeline.predict bit for bit."""
+def test_every_real_green_month_scores_bit_identical_to_pipeline(year, month, model, lean_model, tmp_path):
+    """Done-when 1 and 2: the month scores; each prediction equals pipeline.predict bit for bit.
+
+    Scored as score.py does it (the model loaded without scikit-learn, the month never in pandas);
+    the expected values come from scikit-learn's own pipeline and pandas' add_duration.
+    """
     path = Path(os.environ["TAXI_DATA_DIR"]) / month_filename("green", year, month)
-    result = score.score_month("green", year, month, model, str(tmp_path / "out.parquet"))
+    assert not isinstance(lean_model.pipeline, type(model.pipeline)), "the stand-in must be the one under test"
+    result = score.score_month("green", year, month, lean_model, str(tmp_path / "out.parquet"))
     scored = batch.read_output(result["output"])
 
     rides = add_duration(read_month_file(path, "green"), "green")
-    assert FastPredictor(model.pipeline).fast, "the fast path must be the one under test"
     expected = model.pipeline.predict(frame_features(rides))
     assert np.array_equal(scored["predicted_duration"].to_numpy(), expected)
     assert result["rows"] == len(rides) == pq.ParquetFile(path).metadata.num_rows
@@ -123,6 +133,43 @@ def test_every_real_green_month_scores_bit_identical_to_pipeline(year, month, mo
     assert np.array_equal(scored["diff"].to_numpy(), rides["duration"].to_numpy() - expected)
     assert scored["ride_id"].tolist() == [f"{year:04d}/{month:02d}_{i}" for i in range(len(rides))]
     assert np.array_equal(scored["PULocationID"].to_numpy(), rides["PULocationID"].to_numpy())
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+@pytest.mark.parametrize("rows", [3, 4, 6], ids=["rides", "and a stray 2009 pickup", "and missing timestamps"])
+def test_durations_equal_pandas(unit, rows):
+    """duration_minutes is add_duration's arithmetic on int64 ticks, bit for bit: durations where
+    ticks / ticks_per_second would differ in the last bit (ms, us, ns), a stray pickup 13 years back
+    (beyond 2**53 ticks in nanoseconds, where pandas corrects the rounding) and missing timestamps."""
+    pickup = ["2022-01-01 10:00:00", "2022-01-01 11:00:00", "2022-01-01 12:00:00", "2009-01-01", None,
+              "2022-01-31 23:59:59"]
+    dropoff = ["2022-01-01 10:02:08.399883", "2022-01-01 11:01:38.541891004", "2022-01-01 12:00:04.940",
+               "2022-01-02 00:00:00.000000001", "2022-01-01", None]
+    rides = pd.DataFrame({
+        "lpep_pickup_datetime": pd.to_datetime(pickup[:rows], format="ISO8601").as_unit(unit),
+        "lpep_dropoff_datetime": pd.to_datetime(dropoff[:rows], format="ISO8601").as_unit(unit),
+    })
+    got = batch.duration_minutes(pa.array(rides["lpep_pickup_datetime"]), pa.array(rides["lpep_dropoff_datetime"]))
+    expected = add_duration(rides, "green")["duration"].to_numpy()
+    assert np.array_equal(got, expected, equal_nan=True), (got, expected)
+
+
+def test_score_py_imports_neither_sklearn_nor_pandas(registered_model, tmp_path):
+    """A cold start of score.py pays only for numpy and pyarrow: scikit-learn, scipy and pandas cost seconds."""
+    require_real_months(("green", 2021, 3))
+    program = (
+        "import runpy, sys\n"
+        "sys.argv = ['score.py', '--year', '2021', '--month', '3', '--model-uri', sys.argv[1], '--output', sys.argv[2]]\n"
+        "try:\n    runpy.run_path(sys.argv[0] and %r, run_name='__main__')\n"
+        "except SystemExit as exit:\n    assert exit.code == 0, exit.code\n"
+        "print(sorted(m for m in ('sklearn', 'scipy', 'pandas', 'mlflow') if m in sys.modules))\n"
+    ) % str(SCORE_PY)
+    run = subprocess.run([sys.executable, "-c", program, registered_model["artifact_uri"], str(tmp_path / "out.parquet")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout
+    assert len(pq.read_table(tmp_path / "out.parquet")) == pq.ParquetFile(
+        Path(os.environ["TAXI_DATA_DIR"]) / month_filename("green", 2021, 3)).metadata.num_rows
 
 
 def test_small_batches_give_the_same_output_with_global_ride_ids(model, tmp_path, monkeypatch):
@@ -235,23 +282,23 @@ def test_local_failure_midway_leaves_nothing_and_keeps_previous_output(model, tm
     destination = tmp_path / "month.parquet"
     monkeypatch.setattr(batch, "BATCH_ROWS", 20_000)
     calls = {"n": 0}
-    real_predict = FastPredictor.predict_frame
+    real_predict = FastPredictor.predict_arrays
 
-    def predict_then_fail(self, df):
+    def predict_then_fail(self, *columns):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("injected: scorer died on batch 3")
-        return real_predict(self, df)
+        return real_predict(self, *columns)
 
-    monkeypatch.setattr(FastPredictor, "predict_frame", predict_then_fail)
+    monkeypatch.setattr(FastPredictor, "predict_arrays", predict_then_fail)
     with pytest.raises(RuntimeError, match="injected"):
         score.score_month("green", 2021, 3, model, str(destination), synthetic=True)
     assert not destination.exists() and leftovers(tmp_path) == []
 
-    monkeypatch.setattr(FastPredictor, "predict_frame", real_predict)
+    monkeypatch.setattr(FastPredictor, "predict_arrays", real_predict)
     first = score.score_month("green", 2021, 3, model, str(destination), synthetic=True)
     before = destination.read_bytes()
-    monkeypatch.setattr(FastPredictor, "predict_frame", predict_then_fail)
+    monkeypatch.setattr(FastPredictor, "predict_arrays", predict_then_fail)
     calls["n"] = 0
     with pytest.raises(RuntimeError, match="injected"):
         score.score_month("green", 2021, 3, model, str(destination), synthetic=True)

@@ -10,8 +10,10 @@ RUNS := runs
 $(UV):
 	python3 -m pip install --user --quiet uv==$(UV_VERSION)
 
+# Bytecode compiled once here: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile
+# scikit-learn, scipy and pandas from source, seconds of each cold start (a repeated sync takes ~1 s).
 setup: $(UV)  ## create .venv from the lock file
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 
 tutorial: setup  ## run the numbered notebooks in order into runs/
 	$(PY) scripts/run_notebooks.py $(NOTEBOOKS)

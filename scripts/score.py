@@ -42,7 +42,8 @@ def ride_ids(year: int, month: int, first_row: int, n: int) -> pa.Array:
 
 def repeated(text: str, n: int) -> pa.Array:
     """The same string n times, as an Arrow string array."""
-    return fixed_width_strings([np.broadcast_to(np.frombuffer(text.encode(), dtype=np.uint8), (n, len(text.encode())))])
+    data = np.frombuffer(text.encode(), dtype=np.uint8)
+    return fixed_width_strings([np.broadcast_to(data, (n, data.size))])
 
 
 def score_batch(rides, first_row: int, predictor: FastPredictor, model_version: str,
@@ -53,7 +54,7 @@ def score_batch(rides, first_row: int, predictor: FastPredictor, model_version: 
     n = rides.num_rows
     columns = [
         ride_ids(year, month, first_row, n),
-        ride.pickup.cast(pa.timestamp("us")),
+        ride.pickup,
         arrow_array(ride.pu),
         arrow_array(ride.do),
         arrow_array(ride.duration),

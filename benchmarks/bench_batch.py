@@ -219,8 +219,11 @@ def run() -> list[Table]:
             inside = {way: median([r[1] for r in runs[way]]) for way in runs}
             start_up = {way: median([r[0] - r[1] for r in runs[way]]) for way in runs}
             rss = {way: median([r[2] for r in runs[way]]) for way in runs}
+            # The floor process reads the scored file before its clock starts: its own start-up is not ours.
+            start_up["floor"] = start_up["ours"]
+            process["floor"] = start_up["ours"] + inside["floor"]
             names = {"course": "course: to_dict + pipeline.predict", "ours": "ours: scripts/score.py",
-                     "floor": "I/O only: read inputs + write output"}
+                     "floor": "floor: ours' start-up + I/O only"}
             for way in ("course", "ours", "floor"):
                 faster = way != "course"
                 table.rows.append([
@@ -236,8 +239,10 @@ def run() -> list[Table]:
         "read+score+write s: inside the process, after the model is loaded (same boundaries for both). "
         "start-up s: the difference (interpreter, imports, model loading, exit): the course's way imports "
         "pandas and scikit-learn (its pickle needs them); ours imports numpy and pyarrow only. "
-        "I/O only: a process that reads the input columns and writes the scored month, nothing else "
-        "(its start-up includes reading the scored file it writes): the floor under ours for this format. "
+        "floor: ours' start-up plus a process that only reads the input columns and writes the already "
+        "scored month (same parquet settings): what ours would take if scoring were free and nothing "
+        "overlapped; its speed-up is the most this output format allows against the course on this machine "
+        "(its peak RSS is the I/O process's, which holds the whole scored month). "
         f"Medians of {ROUNDS['real']} rounds (real month) or {ROUNDS['synthetic']} (3M rides), the ways "
         "alternating in each round. Both score every row and write the same columns. "
         "Target: >= 20x end to end (process s), < 2,000 MB peak RSS for 3M rides. "

@@ -2,7 +2,7 @@
 UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PY := .venv/bin/python
-NOTEBOOKS := 01-train 02-register
+NOTEBOOKS := 01-train 02-register 03-web-service 04-streaming 05-batch
 RUNS := runs
 
 .PHONY: setup tutorial test export check-export bench stack-start stack-stop clean

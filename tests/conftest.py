@@ -64,14 +64,16 @@ def tracking_store(uri: str):
         mlflow.set_tracking_uri(saved or "")
 
 
+WEB_SERVICE_COMMAND = [local_stack.bin_path("gunicorn"), "-c", str(ROOT / "web-service" / "gunicorn.conf.py"), "predict:app"]
+
+
 def start_web_service(logs_dir: Path, name: str, env: dict):
     """web-service/predict.py under gunicorn on a free loopback port; returns (process, base URL, log)."""
     port = local_stack.free_port()
     url = f"http://{local_stack.HOST}:{port}"
     log = logs_dir / f"{name}-{port}.log"
-    command = [local_stack.bin_path("gunicorn"), "-c", str(ROOT / "web-service" / "gunicorn.conf.py"), "predict:app"]
     env = {"BIND": f"{local_stack.HOST}:{port}", "API_KEY": "", "PROMETHEUS_MULTIPROC_DIR": "", **env}
-    return local_stack.start(command, log, f"{url}/health", env=env), url, log
+    return local_stack.start(WEB_SERVICE_COMMAND, log, f"{url}/health", env=env), url, log
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import WEB_SERVICE_COMMAND as PREDICT_COMMAND
 from conftest import start_web_service as start_service
 from ride_duration import local_stack
 from ride_duration.features import FastPredictor, ride_features, validate_ride

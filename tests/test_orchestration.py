@@ -60,12 +60,23 @@ def prefect_api(tmp_path_factory, logs_dir):
         with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_HOME: home}):
             yield env
     finally:
+        drain_prefect_workers()
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
         local_stack.stop(process)
+
+
+def drain_prefect_workers() -> None:
+    """Send this process's pending run logs and events while the server is up; at exit Prefect would
+    otherwise retry them against a stopped server for minutes."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 scripts/score.py (exported from notebooks/score.ipynb) does the scoring; the parts here are what
 any batch job needs around it, shared with notebook 05 and the tests:
 
-- `month_batches` reads only the columns the model and the output need, a row group at a time, so a
-  3-million-ride month never sits in memory whole. Row numbers stay global across batches.
+- `open_month(...).batches()` reads only the columns the model and the output need, a row group at
+  a time, so a 3-million-ride month never sits in memory whole. Row numbers stay global across batches.
 - `atomic_parquet` writes to a temporary file and only then moves (local) or uploads (s3://) it:
   a failed run leaves nothing at the destination, a re-run replaces the output whole.
 - `output_info` reads the model version (and the synthetic label) from the output's parquet
@@ -28,6 +28,7 @@ from ride_duration.data import (
     RIDE_COLUMNS,
     SYNTHETIC_KEY,
     BadMonthFile,
+    MonthNotAvailable,
     check_month,
     check_taxi_type,
     locate_month,
@@ -37,6 +38,10 @@ from ride_duration.data import (
 
 METADATA_PREFIX = "ride_duration."  # parquet keys ride_duration.model_version, .month, .synthetic (as inputs)
 BATCH_ROWS = 1 << 20  # a TLC-sized row group: bounded memory, few enough batches to stay fast
+
+
+class OutputNotWritten(OSError):
+    """The scored month could not be stored at its destination (nothing was left there)."""
 
 
 @dataclass
@@ -53,20 +58,44 @@ class MonthInput:
     _frame: pd.DataFrame | None = None
 
     def batches(self, batch_rows: int | None = None) -> Iterator[tuple[int, pd.DataFrame]]:
-        """(first row number, rides) per batch, with the core's dtypes; row numbers are global."""
-        batch_rows = batch_rows or BATCH_ROWS
+        """(first row number, rides) per batch, with the core's dtypes; row numbers are global.
+
+        The next batch is read in a background thread while the caller scores this one.
+        """
+        return read_ahead(self._batches(batch_rows or BATCH_ROWS))
+
+    def _batches(self, batch_rows: int) -> Iterator[tuple[int, pd.DataFrame]]:
         first_row = 0
         if self._frame is not None:
             frames = (self._frame.iloc[i:i + batch_rows] for i in range(0, len(self._frame), batch_rows))
         else:
-            frames = (
-                batch.to_pandas()
-                for batch in self._file.iter_batches(batch_size=batch_rows, columns=input_columns(self.taxi_type))
-            )
+            frames = self._file_frames(batch_rows)
         for frame in frames:
             rides = normalise_dtypes(frame.reset_index(drop=True), self.taxi_type)
             yield first_row, rides
             first_row += len(rides)
+
+    def _file_frames(self, batch_rows: int) -> Iterator[pd.DataFrame]:
+        """Read one row group at a time (its columns decoded in parallel), in slices of batch_rows."""
+        for group in range(self._file.num_row_groups):
+            table = self._file.read_row_group(group, columns=input_columns(self.taxi_type))
+            for offset in range(0, table.num_rows, batch_rows):
+                yield table.slice(offset, batch_rows).to_pandas(split_blocks=True)
+
+
+def read_ahead(items: Iterator) -> Iterator:
+    """The same items, each produced in a worker thread while the previous one is being used.
+
+    At most one item is read ahead; if the consumer stops early, the read under way finishes first.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    done = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        upcoming = pool.submit(next, items, done)
+        while (item := upcoming.result()) is not done:
+            upcoming = pool.submit(next, items, done)
+            yield item
 
 
 def input_columns(taxi_type: str) -> list[str]:
@@ -95,7 +124,7 @@ def open_month(
     if input_file is None:
         try:
             input_file = locate_month(taxi_type, year, month)
-        except FileNotFoundError:
+        except MonthNotAvailable:
             if synthetic == "fallback":
                 return _synthetic_input(taxi_type, year, month)
             raise
@@ -240,7 +269,10 @@ def atomic_parquet(destination: str | Path, schema, info: dict):
                 writer.finish()
         if folder is None:
             s3_metadata = {name.replace("_", "-"): value for name, value in info.items()}
-            s3_client().upload_file(temporary, bucket, key, ExtraArgs={"Metadata": s3_metadata})
+            try:
+                s3_client().upload_file(temporary, bucket, key, ExtraArgs={"Metadata": s3_metadata})
+            except Exception as error:  # boto3 and botocore errors alike: the output was not written
+                raise OutputNotWritten(f"cannot upload {destination}: {type(error).__name__}: {error}") from error
         else:
             os.replace(temporary, destination)
     finally:

@@ -13,9 +13,10 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from ride_duration.batch import atomic_parquet, default_output, open_month, output_info, output_info_for, output_schema
-from ride_duration.data import BadMonthFile, MonthNotAvailable, add_duration, pickup_column
+from ride_duration.data import BadMonthFile, MonthNotAvailable, add_duration, check_month, pickup_column
 from ride_duration.features import FastPredictor
 from ride_duration.model import ModelLoadError, load_model
+from ride_duration.train import tracking_uri
 
 
 def ride_ids(year: int, month: int, first_row: int, n: int) -> pa.Array:
@@ -51,18 +52,19 @@ def score_month(taxi_type: str, year: int, month: int, model, output_file: str |
                 input_file: str | None = None, synthetic: bool | str = False) -> dict:
     """Score every ride of one month and write output_file atomically; return a summary.
 
-    The summary's "seconds" is the reading, scoring and writing; "model_seconds" the model's loading.
+    The summary's "seconds" is the reading, scoring and writing; "model_seconds" the model's loading
+    (and the fast path's vocabulary table).
     model: a model URI or an already loaded ride_duration.model.LoadedModel (a backfill loads it once).
     Raises MonthNotAvailable, BadMonthFile, ModelLoadError or ValueError; none leaves output behind.
     """
     month_input = open_month(taxi_type, year, month, input_file=input_file or None, synthetic=synthetic)
     loading = time.perf_counter()
     model = load_model(model) if isinstance(model, str) else model
+    predictor = FastPredictor(model.pipeline)
     started = time.perf_counter()
     destination = output_file or default_output(taxi_type, year, month)
     if month_input.synthetic:
         print(SYNTHETIC_BANNER.format(month=f"{taxi_type} {year:04d}-{month:02d}"), file=sys.stderr)
-    predictor = FastPredictor(model.pipeline)
     info = output_info_for(model.version, taxi_type, year, month, month_input.synthetic)
     rows = 0
     with atomic_parquet(destination, output_schema(taxi_type), info) as writer:
@@ -88,7 +90,7 @@ def month_range(start: str, end: str) -> list[tuple[int, int]]:
             year, month = (int(part) for part in text.split("-"))
         except ValueError:
             raise ValueError(f"not a month: {text!r} (use YYYY-MM)") from None
-        return year, month
+        return check_month(year, month)
 
     (year, month), last = parse(start), parse(end)
     if last < (year, month):
@@ -182,9 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def use_project_tracking_store() -> None:
+    """models:/ URIs are resolved by MLflow: MLFLOW_TRACKING_URI if set, else the project's mlflow.db."""
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    use_project_tracking_store()
     try:
         if args.command == "backfill":
             summary = backfill(args.taxi_type, args.start, args.end, args.model_uri, args.output_root,

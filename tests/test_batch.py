@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -184,6 +185,14 @@ def test_failed_s3_upload_leaves_nothing(model, bucket, monkeypatch):
     assert batch.output_info(destination) is None
 
 
+def test_missing_bucket_is_a_clear_error(model, moto_url, capsys):
+    code, _, err = cli(["--year", 2021, "--month", 3, "--synthetic", "--model-uri", model.uri,
+                        "--output", "s3://no-such-bucket/green/2021-03.parquet"], capsys)
+    assert code == 1
+    assert err.splitlines()[-1].startswith("score.py: error: cannot upload s3://no-such-bucket/green/2021-03.parquet")
+    assert "NoSuchBucket" in err
+
+
 def test_process_killed_mid_upload_leaves_nothing(registered_model, bucket, tmp_path):
     """SIGKILL while the multipart upload of a 3-million-ride output is under way: no object.
     (The killed process's local temporary file goes to TMPDIR, here the test's own folder.)"""
@@ -247,10 +256,12 @@ def test_local_failure_midway_leaves_nothing_and_keeps_previous_output(model, tm
 
 
 def cli(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = score.main([str(a) for a in argv])
-    except SystemExit as exit:
-        code = exit.code
+    """score.py's main() in this process; the environment is restored afterwards."""
+    with mock.patch.dict(os.environ):
+        try:
+            code = score.main([str(a) for a in argv])
+        except SystemExit as exit:
+            code = exit.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -371,3 +382,31 @@ def test_month_range():
         score.month_range("2022-02", "2021-11")
     with pytest.raises(ValueError, match="use YYYY-MM"):
         score.month_range("2021/01", "2021-02")
+    with pytest.raises(ValueError, match="no such TLC month: 2021-13"):
+        score.month_range("2021-01", "2021-13")
+
+
+# --- the walkthrough notebook -------------------------------------------------------------------------
+
+
+def test_walkthrough_notebook_runs(registered_model, tmp_path):
+    """notebooks/05-batch.ipynb under papermill: papermill runs, a backfill (then all skipped), plots."""
+    import nbformat
+    import papermill
+
+    output_root, runs = tmp_path / "output", tmp_path / "runs"
+    executed = tmp_path / "05-batch.ipynb"
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "05-batch.ipynb"), str(executed),
+        parameters={"model_uri": registered_model["uri"], "output_root": str(output_root), "runs_dir": str(runs),
+                    "papermill_months": ["2021-03"], "backfill_from": "2021-02", "backfill_to": "2021-03"},
+        cwd=str(ROOT / "notebooks"), progress_bar=False,
+    )
+    for month in ("2021-02", "2021-03"):
+        assert batch.output_info(output_root / "green" / f"{month}.parquet")["model_version"] == registered_model["model_id"]
+    assert [p.name for p in runs.iterdir()] == ["score-green-2021-03.ipynb"]
+    cells = nbformat.read(executed, as_version=4).cells
+    text = "".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.outputs)
+    assert text.count("skipped ") == 3  # the month papermill scored, then both on the second backfill
+    images = sum("image/png" in o.get("data", {}) for c in cells if c.cell_type == "code" for o in c.outputs)
+    assert images == 3

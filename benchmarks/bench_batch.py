@@ -1,0 +1,234 @@
+"""Batch scoring: the course's way against scripts/score.py, side by side, each in its own process.
+
+The course's way (module 4's score.py): read the whole month with pandas, one feature dict per ride
+(`to_dict(orient="records")`), `pipeline.predict`, write the result with `to_parquet`. Here it scores
+every row and builds the same deterministic ride ids as ours, so both write the same rows; the table
+says whether the predictions are bit-identical.
+
+Ours: `python scripts/score.py` as a reader runs it. Both load the same model from its artifact
+folder (no MLflow server). Measured per run: "score s" is reading, scoring and writing (from the
+process's own clock, model loading excluded, the same boundaries for both), "process s" the whole
+process wall time (interpreter start, imports and model loading included), peak RSS from wait4().
+
+Months: a real green month from TAXI_DATA_DIR (green 2021-03 if present) and a synthetic month of
+3,000,000 yellow rides (the size of a yellow month), written once to a temporary TAXI_DATA_DIR.
+
+    python -m benchmarks batch
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC_RIDES = 3_000_000
+REAL_MONTH = ("green", 2021, 3)
+SYNTHETIC_MONTH = ("yellow", 2022, 1)
+
+
+def io_floor(taxi_type: str, scored_file: str, input_file: str, output_file: str) -> dict:
+    """Only the I/O of ours: read the input columns, write an already scored month (no scoring).
+
+    The part of "score s" no faster model could remove, for this file format on this machine.
+    """
+    import pyarrow.parquet as pq
+
+    from ride_duration.batch import DICTIONARY_COLUMNS, input_columns
+
+    scored = pq.read_table(scored_file)
+    started = time.perf_counter()
+    rides = pq.read_table(input_file, columns=input_columns(taxi_type))
+    pq.write_table(scored, output_file, compression="snappy", use_dictionary=DICTIONARY_COLUMNS)
+    return {"rows": rides.num_rows, "seconds": time.perf_counter() - started}
+
+
+def course_way(taxi_type: str, year: int, month: int, input_file: str, model_uri: str, output_file: str) -> dict:
+    """The course's score.py, scoring every row (runs in a child process; see main)."""
+    import pandas as pd
+
+    from ride_duration.data import DATETIME_COLUMNS
+    from ride_duration.model import load_model
+
+    loading = time.perf_counter()
+    model = load_model(model_uri)
+    started = time.perf_counter()
+    pickup, dropoff = DATETIME_COLUMNS[taxi_type]
+
+    df = pd.read_parquet(input_file)
+    df["duration"] = (df[dropoff] - df[pickup]).dt.total_seconds() / 60
+    df["ride_id"] = f"{year:04d}/{month:02d}_" + df.index.astype("str")
+
+    categorical = ["PULocationID", "DOLocationID"]
+    df[categorical] = df[categorical].astype(str)
+    df["PU_DO"] = df["PULocationID"] + "_" + df["DOLocationID"]
+    dicts = df[["PU_DO", "trip_distance"]].to_dict(orient="records")
+    y_pred = model.pipeline.predict(dicts)
+
+    df_result = pd.DataFrame()
+    df_result["ride_id"] = df["ride_id"]
+    df_result[pickup] = df[pickup]
+    df_result["PULocationID"] = df["PULocationID"]
+    df_result["DOLocationID"] = df["DOLocationID"]
+    df_result["actual_duration"] = df["duration"]
+    df_result["predicted_duration"] = y_pred
+    df_result["diff"] = df_result["actual_duration"] - df_result["predicted_duration"]
+    df_result["model_version"] = model.version
+    df_result.to_parquet(output_file, index=False)
+    return {"rows": len(df_result), "seconds": time.perf_counter() - started, "model_seconds": started - loading}
+
+
+# A small launcher: a child forked from this (large) process would inherit its peak RSS, so each
+# measured command is started by a fresh small interpreter that reports the child's own wait4() figures.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+started = time.perf_counter()
+child = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(child.pid, 0)
+report = {"wall": time.perf_counter() - started, "peak_rss_kb": usage.ru_maxrss, "exit": os.waitstatus_to_exitcode(status)}
+print("LAUNCHER " + json.dumps(report), file=sys.stderr)
+"""
+
+
+def run_measured(command: list[str], env: dict) -> tuple[str, float, float]:
+    """Run one command in its own process: (stdout, wall seconds, peak RSS in MB)."""
+    run = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=900)
+    reports = [line for line in run.stderr.splitlines() if line.startswith("LAUNCHER ")]
+    report = json.loads(reports[-1][len("LAUNCHER "):]) if reports else {"exit": run.returncode}
+    if report["exit"] != 0:
+        raise RuntimeError(f"{' '.join(map(str, command[:4]))}... failed ({report['exit']}):\n{run.stderr[-3000:]}")
+    return run.stdout, report["wall"], report["peak_rss_kb"] / 1024  # ru_maxrss is in KiB on Linux
+
+
+def best_of(repeats: int, command: list[str], env: dict, seconds_of) -> tuple[str, float, float, float]:
+    """The fastest of a few runs (the machine is shared): (stdout, score seconds, wall, peak RSS MB)."""
+    runs = []
+    for _ in range(repeats):
+        stdout, wall, rss = run_measured(command, env)
+        runs.append((stdout, seconds_of(stdout), wall, rss))
+    return min(runs, key=lambda run: run[1])
+
+
+def prepare_model(folder: Path) -> str:
+    """Train notebook 01's LinearRegression on green 2021-01 (synthetic if absent), log it; its artifact URI."""
+    import mlflow
+    from sklearn.linear_model import LinearRegression
+
+    from ride_duration import train
+    from ride_duration.data import read_month, training_rides
+    from ride_duration.model import artifact_uri
+
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    mlflow.create_experiment(train.EXPERIMENT, artifact_location=(folder / "artifacts").as_uri())
+    train.setup_tracking()
+    rides = training_rides(read_month("green", 2021, 1, synthetic="fallback"), "green")
+    pipeline = train.fit(train.make_pipeline(LinearRegression()), rides)
+    info = train.log_pipeline(pipeline, params={"regressor": "LinearRegression"}, metrics={}, tags={})
+    return artifact_uri(f"models:/{info.model_id}")
+
+
+def months_to_score(folder: Path) -> list[tuple[str, str, int, int, Path]]:
+    """(label, taxi type, year, month, file): the real month if there is one, and the 3M synthetic month."""
+    from ride_duration.data import data_dir, month_filename, synthetic_month, write_month_file
+
+    months = []
+    real = data_dir() / month_filename(*REAL_MONTH)
+    if real.exists():
+        months.append((f"real {REAL_MONTH[0]} {REAL_MONTH[1]}-{REAL_MONTH[2]:02d}", *REAL_MONTH, real))
+    synthetic = folder / "data" / month_filename(*SYNTHETIC_MONTH)
+    write_month_file(synthetic_month(*SYNTHETIC_MONTH, n_rides=SYNTHETIC_RIDES), synthetic)
+    label = f"SYNTHETIC {SYNTHETIC_MONTH[0]} {SYNTHETIC_MONTH[1]}-{SYNTHETIC_MONTH[2]:02d}"
+    months.append((label, *SYNTHETIC_MONTH, synthetic))
+    return months
+
+
+SCORED_LINE = re.compile(r"scored ([\d,]+) rides .* in ([\d.]+)s \(model loaded in ([\d.]+)s\)")
+
+
+def run() -> list[Table]:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = Table(
+        title="Batch scoring: the course's way vs scripts/score.py (each in its own process)",
+        headers=["month", "rows", "way", "score s", "rows/s", "process s", "peak RSS MB", "speed-up (score)",
+                 "speed-up (process)", "same predictions"],
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+        folder = Path(tmp)
+        model_uri = prepare_model(folder)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        for label, taxi_type, year, month, path in months_to_score(folder):
+            course_out, ours_out = folder / "course.parquet", folder / "ours.parquet"
+            repeats = 3 if "real" in label else 2
+            stdout, course_seconds, course_wall, course_rss = best_of(
+                repeats,
+                [sys.executable, "-m", "benchmarks.bench_batch", "course", taxi_type, str(year), str(month),
+                 str(path), model_uri, str(course_out)],
+                env, lambda out: json.loads(out.strip().splitlines()[-1])["seconds"])
+            course_rows = json.loads(stdout.strip().splitlines()[-1])["rows"]
+            stdout, ours_seconds, ours_wall, ours_rss = best_of(
+                repeats,
+                [sys.executable, str(ROOT / "scripts" / "score.py"), "--taxi-type", taxi_type, "--year", str(year),
+                 "--month", str(month), "--input", str(path), "--model-uri", model_uri, "--output", str(ours_out)],
+                env, lambda out: float(SCORED_LINE.search(out).group(2)))
+            rows = int(SCORED_LINE.search(stdout).group(1).replace(",", ""))
+            assert rows == course_rows, (rows, course_rows)
+            same = np.array_equal(
+                pq.read_table(course_out, columns=["predicted_duration"])["predicted_duration"].to_numpy(),
+                pq.read_table(ours_out, columns=["predicted_duration"])["predicted_duration"].to_numpy(),
+            )
+            stdout, floor_seconds, floor_wall, floor_rss = best_of(
+                repeats,
+                [sys.executable, "-m", "benchmarks.bench_batch", "io-floor", taxi_type, str(ours_out), str(path),
+                 str(folder / "floor.parquet")],
+                env, lambda out: json.loads(out.strip().splitlines()[-1])["seconds"])
+            table.rows.append([label, rows, "course: to_dict + pipeline.predict", course_seconds,
+                               rows / course_seconds, course_wall, course_rss, "", "", ""])
+            table.rows.append([label, rows, "ours: scripts/score.py", ours_seconds, rows / ours_seconds, ours_wall,
+                               ours_rss, f"{course_seconds / ours_seconds:.1f}x", f"{course_wall / ours_wall:.1f}x",
+                               "bit-identical" if same else "DIFFERENT"])
+            table.rows.append([label, rows, "I/O only: read inputs + write output", floor_seconds,
+                               rows / floor_seconds, floor_wall, floor_rss,
+                               f"{course_seconds / floor_seconds:.1f}x", "", ""])
+    table.note = (
+        "score s: read + score + write inside the process (model loading excluded, same boundaries for both); "
+        "process s: the whole process (interpreter start, imports, model loading from its artifact folder). "
+        "I/O only: reading the input columns and writing the scored month, nothing else: "
+        "the floor under ours for this format on this machine. "
+        "Best of 3 runs (real month) or 2 (3M rides), by score s. "
+        "Both score every row and write the same columns. Target: >= 20x on score s, < 2,000 MB peak RSS "
+        "for 3M rides. The SYNTHETIC month is generated (ride_duration.data.synthetic_month), not TLC data. "
+        f"Machine: {os.cpu_count()} cores, shared; figures vary from run to run."
+    )
+    return [table]
+
+
+def main(argv: list[str]) -> int:
+    """Child entry points:
+    `python -m benchmarks.bench_batch course TAXI YEAR MONTH INPUT MODEL_URI OUTPUT`
+    `python -m benchmarks.bench_batch io-floor TAXI SCORED INPUT OUTPUT`
+    """
+    if len(argv) == 7 and argv[0] == "course":
+        _, taxi_type, year, month, input_file, model_uri, output_file = argv
+        print(json.dumps(course_way(taxi_type, int(year), int(month), input_file, model_uri, output_file)))
+        return 0
+    if len(argv) == 5 and argv[0] == "io-floor":
+        print(json.dumps(io_floor(*argv[1:])))
+        return 0
+    print(main.__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

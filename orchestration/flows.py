@@ -181,7 +181,7 @@ def serve_deployments(taxi_type: str, model_uri: str, output_root: str, syntheti
     serve(monthly, backfill, limit=1)
 
 
-def trigger(run_date: date, timeout: float = 900):
+def trigger(run_date: date, timeout: float = 3600):
     """Run the monthly deployment for run_date now (it scores the month before); returns the flow run."""
     from prefect.deployments import run_deployment
 

@@ -198,6 +198,24 @@ def test_backfill_command_rejects_a_bad_range_before_any_run(prefect_api):
     assert "empty range: 2021-03 is after 2021-01" in result.stderr
 
 
+def test_output_to_s3_equals_score_py(prefect_api, registered_model, moto_url, tmp_path):
+    """The write task uploads to s3:// (moto_server) with the metadata score.py's outputs carry."""
+    import boto3
+
+    require_real_months(("green", 2021, 2))
+    bucket = f"orchestrated-{time.monotonic_ns()}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    state = flows.score_month_flow(date(2021, 3, 2), "green", registered_model["artifact_uri"],
+                                   f"s3://{bucket}/scores", return_state=True)
+    assert state.is_completed(), state.message
+    uploaded = f"s3://{bucket}/scores/green/2021-02.parquet"
+    by_script = score.score_month("green", 2021, 2, registered_model["artifact_uri"], f"s3://{bucket}/script.parquet")
+    assert batch.output_info(uploaded) == batch.output_info(by_script["output"])
+    pd.testing.assert_frame_equal(batch.read_output(uploaded), batch.read_output(by_script["output"]), check_exact=True)
+    keys = [item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
+    assert sorted(keys) == ["script.parquet", "scores/green/2021-02.parquet"]
+
+
 # --- retries: transient failures only ----------------------------------------------------------
 
 

@@ -213,7 +213,7 @@ def test_output_to_s3_equals_score_py(prefect_api, registered_model, moto_url, t
     assert batch.output_info(uploaded) == batch.output_info(by_script["output"])
     pd.testing.assert_frame_equal(batch.read_output(uploaded), batch.read_output(by_script["output"]), check_exact=True)
     keys = [item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
-    assert sorted(keys) == ["script.parquet", "scores/green/2021-02.parquet"]
+    assert sorted(keys) == ["scores/green/2021-02.parquet", "script.parquet"]
 
 
 # --- retries: transient failures only ----------------------------------------------------------

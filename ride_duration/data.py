@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import os
+import warnings
 import zlib
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def data_dir() -> Path:
 def download(url: str, dest: Path, timeout: float = 30) -> Path:
     """Download to a temporary name beside dest, then rename: dest is whole or absent."""
     import requests
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
@@ -131,8 +132,9 @@ def read_month(
         return synthetic_month(taxi_type, year, month)
     try:
         path = locate_month(taxi_type, year, month, allow_download=allow_download)
-    except MonthNotAvailable:
+    except MonthNotAvailable as error:
         if synthetic == "fallback":
+            warnings.warn(f"using a SYNTHETIC month instead: {error}", stacklevel=2)
             return synthetic_month(taxi_type, year, month)
         raise
     return read_month_file(path, taxi_type)

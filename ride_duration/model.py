@@ -56,7 +56,7 @@ def load_model(uri: str) -> LoadedModel:
 
 
 def load_model_folder(folder: Path, uri: str | None = None) -> LoadedModel:
-    """Load an MLflow sklearn model folder (MLmodel + model.skops or model.pkl)."""
+    """Load an MLflow sklearn model folder (MLmodel + model.pkl, or model.skops)."""
     import yaml
 
     mlmodel = folder / "MLmodel"
@@ -75,7 +75,7 @@ def load_model_folder(folder: Path, uri: str | None = None) -> LoadedModel:
         import pickle
 
         with open(data, "rb") as f:
-            pipeline = pickle.load(f)  # noqa: S301 - our own artifact, logged by notebook 01
+            pipeline = pickle.load(f)  # noqa: S301 - only our own registry's models are loaded
     model_id = info.get("model_id") or info.get("run_id") or "unknown"
     return LoadedModel(pipeline=pipeline, model_id=model_id, uri=uri or str(folder), info=info)
 

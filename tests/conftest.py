@@ -4,6 +4,7 @@ registered model made in seconds (the same steps as notebooks 01 and 02, called 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,24 @@ def real_green_months() -> list[tuple[int, int]]:
     return found
 
 
+@contextmanager
+def tracking_store(uri: str):
+    """Use this MLflow tracking URI (env and MLflow's global) inside the block, then restore both."""
+    import mlflow
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+        mlflow.set_tracking_uri(saved or "")
+
+
 @pytest.fixture(scope="session")
 def logs_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("logs")
@@ -79,19 +98,16 @@ def training_months():
 @pytest.fixture(scope="session")
 def registered_model(tmp_path_factory, training_months):
     """A LinearRegression pipeline trained like notebook 01 and registered like notebook 02, in an
-    embedded tracking store of its own. Returns the URIs and the in-memory pipeline."""
-    import mlflow
+    embedded tracking store of its own (use it with `tracking_store(model["tracking_uri"])`).
+    Returns the URIs and the in-memory pipeline."""
+    from sklearn.linear_model import LinearRegression
 
     from ride_duration import train
     from ride_duration.data import read_month, training_rides
-    from sklearn.linear_model import LinearRegression
+    from ride_duration.model import artifact_uri
 
     folder = tmp_path_factory.mktemp("mlflow")
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    try:
-        mlflow.create_experiment(train.EXPERIMENT, artifact_location=(folder / "artifacts").as_uri())
+    with tracking_store(f"sqlite:///{folder / 'mlflow.db'}") as uri:
         train.setup_tracking()
         synthetic = training_months["synthetic"]
         taxi = training_months["taxi_type"]
@@ -105,18 +121,12 @@ def registered_model(tmp_path_factory, training_months):
             tags={"data_source": "synthetic" if synthetic else "tlc"},
         )
         version = train.register_best()
-        from ride_duration.model import artifact_uri
-
-        yield {
+        model = {
             "uri": "models:/ride-duration@production",
             "model_id": info.model_id,
             "artifact_uri": artifact_uri("models:/ride-duration@production"),
             "version": version.version,
             "pipeline": pipeline,
-            "tracking_uri": os.environ["MLFLOW_TRACKING_URI"],
+            "tracking_uri": uri,
         }
-    finally:
-        if saved is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
+    return model

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, real_green_months, require_real_months
+from conftest import ROOT, real_green_months, require_real_months, tracking_store
 from ride_duration import batch, data
 from ride_duration.data import add_duration, month_filename, read_month_file
 from ride_duration.features import FastPredictor, frame_features
@@ -74,14 +74,15 @@ def test_papermill_run_equals_script_row_for_row(registered_model, tmp_path):
 
     require_real_months(("green", 2021, 3))
     by_notebook, by_script = tmp_path / "notebook.parquet", tmp_path / "script.parquet"
-    papermill.execute_notebook(
-        str(ROOT / "notebooks" / "score.ipynb"), str(tmp_path / "score-run.ipynb"),
-        parameters={"taxi_type": "green", "year": 2021, "month": 3,
-                    "model_uri": registered_model["uri"], "output_file": str(by_notebook)},
-        cwd=str(ROOT / "notebooks"), progress_bar=False,
-    )
-    run = run_script("--taxi-type", "green", "--year", 2021, "--month", 3,
-                     "--model-uri", registered_model["uri"], "--output", by_script)
+    with tracking_store(registered_model["tracking_uri"]):  # the kernel and the script resolve the alias there
+        papermill.execute_notebook(
+            str(ROOT / "notebooks" / "score.ipynb"), str(tmp_path / "score-run.ipynb"),
+            parameters={"taxi_type": "green", "year": 2021, "month": 3,
+                        "model_uri": registered_model["uri"], "output_file": str(by_notebook)},
+            cwd=str(ROOT / "notebooks"), progress_bar=False,
+        )
+        run = run_script("--taxi-type", "green", "--year", 2021, "--month", 3,
+                         "--model-uri", registered_model["uri"], "--output", by_script)
     assert run.returncode == 0, run.stderr
     assert "scored 83,827 rides of green/2021-03" in run.stdout
 
@@ -98,6 +99,12 @@ def test_papermill_run_equals_script_row_for_row(registered_model, tmp_path):
 
 
 # --- every real month, and the fast path ------------------------------------------------------
+
+
+def test_real_green_months_are_there():
+    """The parametrised test below runs once per real month: in CI an empty list must fail, not pass."""
+    require_real_months(("green", 2021, 1), ("green", 2021, 3))
+    assert len(real_green_months()) >= 2
 
 
 @pytest.mark.parametrize("year, month", real_green_months(), ids=lambda v: f"{v:02d}")
@@ -396,12 +403,13 @@ def test_walkthrough_notebook_runs(registered_model, tmp_path):
 
     output_root, runs = tmp_path / "output", tmp_path / "runs"
     executed = tmp_path / "05-batch.ipynb"
-    papermill.execute_notebook(
-        str(ROOT / "notebooks" / "05-batch.ipynb"), str(executed),
-        parameters={"model_uri": registered_model["uri"], "output_root": str(output_root), "runs_dir": str(runs),
-                    "papermill_months": ["2021-03"], "backfill_from": "2021-02", "backfill_to": "2021-03"},
-        cwd=str(ROOT / "notebooks"), progress_bar=False,
-    )
+    with tracking_store(registered_model["tracking_uri"]):
+        papermill.execute_notebook(
+            str(ROOT / "notebooks" / "05-batch.ipynb"), str(executed),
+            parameters={"model_uri": registered_model["uri"], "output_root": str(output_root), "runs_dir": str(runs),
+                        "papermill_months": ["2021-03"], "backfill_from": "2021-02", "backfill_to": "2021-03"},
+            cwd=str(ROOT / "notebooks"), progress_bar=False,
+        )
     for month in ("2021-02", "2021-03"):
         assert batch.output_info(output_root / "green" / f"{month}.parquet")["model_version"] == registered_model["model_id"]
     assert [p.name for p in runs.iterdir()] == ["score-green-2021-03.ipynb"]

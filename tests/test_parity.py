@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, tracking_store
 from ride_duration.batch import read_output
 from ride_duration.data import read_month, write_month_file
 from ride_duration.features import FastPredictor, ride_features, validate_ride
@@ -48,7 +48,9 @@ def trained_pipeline(rides, model, tmp_path):
 
 
 def registered_by_alias(rides, model, tmp_path):
-    return load_model(model["uri"]).pipeline.predict([ride_features(r) for r in rides])
+    with tracking_store(model["tracking_uri"]):
+        loaded = load_model(model["uri"])
+    return loaded.pipeline.predict([ride_features(r) for r in rides])
 
 
 def registered_by_artifact_uri(rides, model, tmp_path):

@@ -1,0 +1,71 @@
+"""The Lambda image, laid out without Docker (there is no Docker engine here), so that tests and the
+benchmark run the handler exactly as the image would:
+
+- the task root: what streaming/Dockerfile's COPY lines put in ${LAMBDA_TASK_ROOT},
+- a virtualenv with only the image's packages: the lock's `lambda` group (which
+  streaming/requirements.txt is exported from) plus boto3, which the base image brings,
+- the handler named by the Dockerfile's CMD.
+
+Installs come from uv's cache (offline); the cache is there once `make setup` has run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "streaming" / "Dockerfile"
+BASE_IMAGE_PACKAGES = ["boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3"]
+
+
+@dataclass
+class LambdaImage:
+    task_root: Path
+    python: Path
+    handler: str  # "module.function", from the CMD line
+
+
+def dockerfile_parts(path: Path = DOCKERFILE) -> dict:
+    """The base image, the COPY (source, destination in the task root) pairs and the CMD handler."""
+    text = path.read_text()
+    return {
+        "base": re.search(r"^FROM (\S+)", text, re.M).group(1),
+        "copies": re.findall(r"^COPY (\S+) \$\{LAMBDA_TASK_ROOT\}/(\S*)$", text, re.M),
+        "handler": json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))[0],
+    }
+
+
+def uv_binary() -> str:
+    found = shutil.which("uv") or str(Path.home() / ".local" / "bin" / "uv")
+    if not Path(found).exists():
+        raise FileNotFoundError("uv is not installed (make setup installs it)")
+    return found
+
+
+def build(dest: Path) -> LambdaImage:
+    """Lay out the task root and the image's virtualenv under dest; raise CalledProcessError if uv cannot."""
+    parts = dockerfile_parts()
+    task_root = dest / "task"
+    for source, target in parts["copies"]:
+        destination = task_root / (target or Path(source).name)
+        if (ROOT / source).is_dir():
+            shutil.copytree(ROOT / source, destination, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        else:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / source, destination)
+    venv = dest / "venv"
+    uv = uv_binary()
+    run = dict(cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
+    subprocess.run([uv, "sync", "--frozen", "--offline", "--only-group", "lambda", "--no-install-project", "--quiet"],
+                   env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)}, **run)
+    base_packages = [f"{name}=={version(name)}" for name in BASE_IMAGE_PACKAGES]
+    subprocess.run([uv, "pip", "install", "--offline", "--no-deps", "--quiet", "--python", str(venv / "bin" / "python"),
+                    *base_packages], **run)
+    return LambdaImage(task_root=task_root, python=venv / "bin" / "python", handler=parts["handler"])

@@ -1,0 +1,61 @@
+"""Ride validation and the fast path's contract (same answers as pipeline.predict)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LinearRegression
+
+from ride_duration import data, train
+from ride_duration.features import BadRide, FastPredictor, frame_features, ride_features, validate_ride
+
+
+@pytest.fixture(scope="module")
+def synthetic_rides():
+    return data.training_rides(data.synthetic_month("green", 2021, 1, n_rides=20_000), "green")
+
+
+def test_pu_do_is_a_string():
+    assert ride_features({"PULocationID": 1, "DOLocationID": 23, "trip_distance": 2.0})["PU_DO"] == "1_23"
+
+
+@pytest.mark.parametrize(
+    "ride, message",
+    [
+        ([1, 2, 3], "JSON object"),
+        ({"PULocationID": 1, "DOLocationID": 2}, "missing field"),
+        ({"PULocationID": 1, "DOLocationID": 2, "trip_distance": 1, "tip": 3}, "unknown field"),
+        ({"PULocationID": "1", "DOLocationID": 2, "trip_distance": 1}, "PULocationID must be an integer"),
+        ({"PULocationID": True, "DOLocationID": 2, "trip_distance": 1}, "PULocationID must be an integer"),
+        ({"PULocationID": 1, "DOLocationID": 0, "trip_distance": 1}, "DOLocationID must be between"),
+        ({"PULocationID": 1, "DOLocationID": 2, "trip_distance": -1}, "trip_distance must be between"),
+        ({"PULocationID": 1, "DOLocationID": 2, "trip_distance": float("nan")}, "trip_distance must be between"),
+        ({"PULocationID": 1, "DOLocationID": 2, "trip_distance": "far"}, "number of miles"),
+    ],
+)
+def test_bad_rides_say_what_is_wrong(ride, message):
+    with pytest.raises(BadRide, match=message):
+        validate_ride(ride)
+
+
+def test_fast_path_equals_pipeline_predict_including_unseen_pairs(synthetic_rides):
+    pipeline = train.fit(train.make_pipeline(LinearRegression()), synthetic_rides)
+    fast = FastPredictor(pipeline)
+    assert fast.fast
+    other = data.synthetic_month("green", 2021, 2, n_rides=20_000)
+    other.loc[:50, "PULocationID"] = 265  # pairs never seen in training
+    expected = pipeline.predict(frame_features(other))
+    assert np.array_equal(fast.predict_frame(other), expected)
+
+
+def test_unrecognised_pipeline_falls_back_to_its_own_predict(synthetic_rides):
+    from sklearn.feature_extraction import DictVectorizer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MaxAbsScaler
+
+    pipeline = make_pipeline(DictVectorizer(), MaxAbsScaler(), LinearRegression())
+    pipeline.fit(frame_features(synthetic_rides), synthetic_rides["duration"])
+    fast = FastPredictor(pipeline)
+    assert not fast.fast
+    rides = synthetic_rides.head(500)
+    assert np.array_equal(fast.predict_frame(rides), pipeline.predict(frame_features(rides)))

@@ -5,7 +5,7 @@ PY := .venv/bin/python
 NOTEBOOKS := 01-train 02-register 03-web-service 04-streaming 05-batch
 RUNS := runs
 
-.PHONY: setup tutorial test export check-export bench stack-start stack-stop clean
+.PHONY: setup tutorial test test-orchestration export check-export bench stack-start stack-stop clean
 
 $(UV):
 	python3 -m pip install --user --quiet uv==$(UV_VERSION)
@@ -18,6 +18,11 @@ tutorial: setup  ## run the numbered notebooks in order into runs/
 
 test: setup  ## the whole test suite (TAXI_DATA_DIR points at real TLC months when there are some)
 	$(PY) -m pytest
+
+test-orchestration: $(UV)  ## the Prefect tests, with the optional orchestration extra (make test removes it again)
+	$(UV) sync --frozen --extra orchestration
+	$(PY) -c "import prefect"  # fail, not skip, if the extra did not install
+	$(PY) -m pytest tests/test_orchestration.py
 
 export: setup  ## regenerate the exported scripts from their notebooks
 	$(PY) scripts/export.py

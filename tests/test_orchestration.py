@@ -1,5 +1,5 @@
 """Orchestrated batch: the Prefect 3 flows of notebooks/06-orchestrate.ipynb (exported to
-orchestration/flows.py) against a real Prefect server on loopback: the served monthly deployment
+scripts/orchestrate.py) against a real Prefect server on loopback: the served monthly deployment
 triggered for a date, a backfill equal to scripts/score.py, retries on a transient read failure only.
 
 Prefect is the optional `orchestration` extra: `make test-orchestration` installs it and runs this
@@ -26,7 +26,7 @@ pytest.importorskip("prefect", reason="Prefect is the optional orchestration ext
 from conftest import ROOT, require_real_months  # noqa: E402
 from ride_duration import batch, data, local_stack  # noqa: E402
 
-FLOWS_PY = ROOT / "orchestration" / "flows.py"
+FLOWS_PY = ROOT / "scripts" / "orchestrate.py"
 SCORE_PY = ROOT / "scripts" / "score.py"
 NOTEBOOK = ROOT / "notebooks" / "06-orchestrate.ipynb"
 
@@ -81,7 +81,7 @@ def drain_prefect_workers() -> None:
 
 @pytest.fixture(scope="module")
 def served(prefect_api, registered_model, tmp_path_factory, logs_dir):
-    """`flows.py serve` in its own process group, healthy once its runner polls the server."""
+    """`orchestrate.py serve` in its own process group, healthy once its runner polls the server."""
     output_root = tmp_path_factory.mktemp("served-output")
     runner_port = local_stack.free_port()
     log = logs_dir / "prefect-serve.log"

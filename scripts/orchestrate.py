@@ -199,7 +199,7 @@ def trigger_backfill(start: str, end: str, timeout: float = 3600):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="flows.py",
+        prog="orchestrate.py",
         description="Monthly batch scoring with Prefect 3 against a local server on loopback "
                     "(settings from local_prefect_env unless PREFECT_* variables say otherwise).")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"flow run {run.name} ({run.id}): {run.state.name}")
     if run.state.is_completed() or (args.timeout == 0 and run.state.is_scheduled()):
         return 0
-    print(f"flows.py: {run.state.message or 'not finished in time'}", file=sys.stderr)
+    print(f"orchestrate.py: {run.state.message or 'not finished in time'}", file=sys.stderr)
     return 1
 
 

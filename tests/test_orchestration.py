@@ -9,7 +9,6 @@ file (nothing here may skip there); the core suite runs without Prefect and skip
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 
 pytest.importorskip("prefect", reason="Prefect is the optional orchestration extra: make test-orchestration")
 
-from conftest import ROOT, require_real_months  # noqa: E402
+from conftest import ROOT, environment, require_real_months  # noqa: E402
 from ride_duration import batch, data, local_stack  # noqa: E402
 
 FLOWS_PY = ROOT / "scripts" / "orchestrate.py"
@@ -54,18 +53,11 @@ def prefect_api(tmp_path_factory, logs_dir):
     env = {**flows.local_prefect_env(port, home), "PREFECT_UI_ENABLED": "false", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     process = local_stack.start(flows.server_command(port), logs_dir / "prefect-server.log",
                                 f"http://{local_stack.HOST}:{port}/api/health", env=env, timeout=240)
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
     try:
-        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_HOME: home}):
+        with environment(env), temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_HOME: home}):
             yield env
+            drain_prefect_workers()
     finally:
-        drain_prefect_workers()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         local_stack.stop(process)
 
 

@@ -8,7 +8,6 @@ against the trained pipeline.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -19,7 +18,7 @@ import pandas as pd
 import pytest
 import requests
 
-from conftest import ROOT, start_web_service, tracking_store
+from conftest import ROOT, environment, start_web_service, tracking_store
 from ride_duration import local_stack
 from ride_duration.batch import read_output
 from ride_duration.data import read_month, write_month_file
@@ -116,18 +115,12 @@ def lambda_handler(rides, model, tmp_path):
         for i, ride in enumerate(rides)
     ]
     event = runner.lambda_event(records, "shardId-000000000000", "arn:aws:kinesis:us-east-1:000000000000:stream/rides")
-    saved = {key: os.environ.get(key) for key in ("MODEL_URI", "DRY_RUN")}
-    os.environ.update({"MODEL_URI": model["artifact_uri"], "DRY_RUN": "1"})
-    lambda_function.reset_container()
-    try:
-        response = lambda_function.lambda_handler(event, None)
-    finally:
+    with environment({"MODEL_URI": model["artifact_uri"], "DRY_RUN": "1"}):
         lambda_function.reset_container()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        try:
+            response = lambda_function.lambda_handler(event, None)
+        finally:
+            lambda_function.reset_container()
     assert response["batchItemFailures"] == []
     outputs = sorted(response["predictions"], key=lambda p: p["prediction"]["ride_id"])
     assert [p["prediction"]["ride_id"] for p in outputs] == list(range(len(rides)))

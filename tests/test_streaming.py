@@ -476,7 +476,7 @@ def test_ten_thousand_rides_survive_killing_the_runner(ten_thousand_rides, make_
     rides after the poison are written but not yet checkpointed, so the restart delivers them again."""
     out = make_stream()
     checkpoint = tmp_path / "checkpoint.json"
-    batch_size, shards = 100, 2
+    batch_size = 100
     command = [sys.executable, str(STREAMING / "runner.py"), "--stream", ten_thousand_rides["stream"],
                "--checkpoint", str(checkpoint), "--batch-size", str(batch_size), "--max-retries", "1",
                "--idle-seconds", "1", "--max-seconds", "240"]

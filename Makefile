@@ -2,10 +2,9 @@
 UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PY := .venv/bin/python
-NOTEBOOKS := 01-train 02-register
-RUNS := runs
+NOTEBOOKS := 01-train 02-register 03-web-service 04-streaming 05-batch
 
-.PHONY: setup tutorial test export check-export bench stack-start stack-stop clean
+.PHONY: setup tutorial test test-core test-orchestration export check-export bench stack-start stack-stop clean
 
 $(UV):
 	python3 -m pip install --user --quiet uv==$(UV_VERSION)
@@ -18,8 +17,15 @@ setup: $(UV)  ## create .venv from the lock file
 tutorial: setup  ## run the numbered notebooks in order into runs/
 	$(PY) scripts/run_notebooks.py $(NOTEBOOKS)
 
-test: setup  ## the whole test suite (TAXI_DATA_DIR points at real TLC months when there are some)
-	$(PY) -m pytest
+test: test-core test-orchestration  ## every test (TAXI_DATA_DIR points at real TLC months when there are some)
+
+test-core: setup  ## every test but Prefect's, in the core install (which has no Prefect)
+	$(PY) -m pytest --ignore=tests/test_orchestration.py
+
+test-orchestration: $(UV)  ## the Prefect tests, after adding the optional orchestration extra
+	$(UV) sync --frozen --extra orchestration
+	$(PY) -c "import prefect"  # fail, not skip, if the extra did not install
+	$(PY) -m pytest tests/test_orchestration.py
 
 export: setup  ## regenerate the exported scripts from their notebooks
 	$(PY) scripts/export.py

@@ -9,13 +9,20 @@ when the tracking server is down.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REGISTERED_MODEL = "ride-duration"
 PRODUCTION_ALIAS = "production"
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set (server mode), else the project's embedded sqlite database."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
 class ModelLoadError(RuntimeError):
@@ -159,6 +166,7 @@ def _download_s3_folder(uri: str, dest: Path) -> None:
 def _load_from_mlflow(uri: str, without_sklearn: bool = False) -> LoadedModel:
     import mlflow
 
+    mlflow.set_tracking_uri(tracking_uri())
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     loaded = load_model_folder(local, uri, without_sklearn=without_sklearn)
     loaded.registered_version = _registered_version(uri)
@@ -172,7 +180,7 @@ def _registered_version(uri: str) -> str | None:
     path = uri[len("models:/"):] if uri.startswith("models:/") else ""
     if not path or path.startswith("m-"):
         return None
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri())
     if "@" in path:
         name, alias = path.split("@", 1)
         return f"{name}/{client.get_model_version_by_alias(name, alias).version}"
@@ -184,7 +192,7 @@ def artifact_uri(model_uri: str) -> str:
     """Where a registered model's files are stored (s3://... in server mode), asked of MLflow."""
     from mlflow import MlflowClient
 
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri())
     path = model_uri[len("models:/"):]
     if path.startswith("m-"):
         return client.get_logged_model(path).artifact_location

@@ -6,15 +6,13 @@ in seconds without running a notebook.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from importlib.metadata import version
 
 import numpy as np
 
-from ride_duration.data import PROJECT_ROOT
 from ride_duration.features import frame_features
-from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL
+from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL, tracking_uri
 
 EXPERIMENT = "ride-duration"
 # Pinned so that logging does not infer requirements (slow) and the model records what it needs.
@@ -24,11 +22,6 @@ PIP_REQUIREMENTS = [f"{name}=={version(name)}" for name in ("scikit-learn", "sci
 # and milliseconds for pickle, and load time is the cold start of every service. We only load
 # models we logged ourselves, from our own registry and buckets.
 SERIALIZATION_FORMAT = "pickle"
-
-
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set (server mode), else the project's embedded sqlite database."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
 def sqlite_artifact_location(uri: str) -> str | None:

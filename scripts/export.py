@@ -23,6 +23,7 @@ EXPORTS = {
     "notebooks/03-web-service.ipynb": "web-service/predict.py",
     "notebooks/04-streaming.ipynb": "streaming/lambda_function.py",
     "notebooks/score.ipynb": "scripts/score.py",
+    "notebooks/06-orchestrate.ipynb": "scripts/orchestrate.py",
 }
 
 

@@ -47,21 +47,45 @@ def real_green_months() -> list[tuple[int, int]]:
 
 
 @contextmanager
+def environment(values: dict):
+    """Set these environment variables inside the block (this process and its children), then
+    restore what was there before."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
 def tracking_store(uri: str):
     """Use this MLflow tracking URI (env and MLflow's global) inside the block, then restore both."""
     import mlflow
 
     saved = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield uri
-    finally:
-        if saved is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
-        mlflow.set_tracking_uri(saved or "")
+    with environment({"MLFLOW_TRACKING_URI": uri}):
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield uri
+        finally:
+            mlflow.set_tracking_uri(saved or "")
+
+
+WEB_SERVICE_COMMAND = [local_stack.bin_path("gunicorn"), "-c", str(ROOT / "web-service" / "gunicorn.conf.py"), "predict:app"]
+
+
+def start_web_service(logs_dir: Path, name: str, env: dict):
+    """web-service/predict.py under gunicorn on a free loopback port; returns (process, base URL, log)."""
+    port = local_stack.free_port()
+    url = f"http://{local_stack.HOST}:{port}"
+    log = logs_dir / f"{name}-{port}.log"
+    env = {"BIND": f"{local_stack.HOST}:{port}", "API_KEY": "", "PROMETHEUS_MULTIPROC_DIR": "", **env}
+    return local_stack.start(WEB_SERVICE_COMMAND, log, f"{url}/health", env=env), url, log
 
 
 @pytest.fixture(scope="session")
@@ -75,15 +99,11 @@ def moto_url(logs_dir):
     port = local_stack.free_port()
     process = local_stack.start_moto(port, logs_dir / "moto.log")
     url = f"http://{local_stack.HOST}:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")}
-    os.environ.update(local_stack.aws_env(url))
-    yield url
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    local_stack.stop(process)
+    try:
+        with environment(local_stack.aws_env(url)):
+            yield url
+    finally:
+        local_stack.stop(process)
 
 
 @pytest.fixture(scope="session")

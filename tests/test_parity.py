@@ -1,21 +1,25 @@
 """One ride, one number: every way of serving the model gives each ride the same prediction (to 1e-9).
 
 Each scorer takes (rides, registered_model, tmp_path) and returns one prediction per ride, in order.
-To add a way of serving (the web service, the Lambda handler), write its scorer and add it to
-SCORERS; the test compares every scorer against the trained pipeline.
+To add a way of serving, write its scorer and add it to SCORERS; the test compares every scorer
+against the trained pipeline.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 
-from conftest import ROOT, tracking_store
+from conftest import ROOT, environment, start_web_service, tracking_store
+from ride_duration import local_stack
 from ride_duration.batch import read_output
 from ride_duration.data import read_month, write_month_file
 from ride_duration.features import FastPredictor, ride_features, validate_ride
@@ -86,13 +90,53 @@ def score_py(rides, model, tmp_path):
     return scored["predicted_duration"].to_numpy()
 
 
-# Each way of serving the model. The web service and the Lambda handler join here when they land.
+def web_service(rides, model, tmp_path):
+    """web-service/predict.py under gunicorn, served from the artifact URI, one list request."""
+    process, url, log = start_web_service(tmp_path, "parity-web", {"MODEL_URI": model["artifact_uri"]})
+    try:
+        response = requests.post(f"{url}/predict", json=rides, timeout=30)
+    finally:
+        local_stack.stop(process)
+    assert response.status_code == 200, response.text
+    answers = response.json()
+    assert {a["model_version"] for a in answers} == {model["model_id"]}
+    return [a["duration"] for a in answers]
+
+
+def lambda_handler(rides, model, tmp_path):
+    """streaming/lambda_function.py on one Kinesis event of every ride, in dry-run (no stream needed)."""
+    sys.path.insert(0, str(ROOT / "streaming"))
+    import lambda_function
+    import runner
+
+    records = [
+        {"Data": json.dumps({"ride": ride, "ride_id": i}).encode(), "PartitionKey": str(i),
+         "SequenceNumber": str(1000 + i), "ApproximateArrivalTimestamp": datetime.now(timezone.utc)}
+        for i, ride in enumerate(rides)
+    ]
+    event = runner.lambda_event(records, "shardId-000000000000", "arn:aws:kinesis:us-east-1:000000000000:stream/rides")
+    with environment({"MODEL_URI": model["artifact_uri"], "DRY_RUN": "1"}):
+        lambda_function.reset_container()
+        try:
+            response = lambda_function.lambda_handler(event, None)
+        finally:
+            lambda_function.reset_container()
+    assert response["batchItemFailures"] == []
+    outputs = sorted(response["predictions"], key=lambda p: p["prediction"]["ride_id"])
+    assert [p["prediction"]["ride_id"] for p in outputs] == list(range(len(rides)))
+    assert {p["version"] for p in outputs} == {model["model_id"]}
+    return [p["prediction"]["ride_duration"] for p in outputs]
+
+
+# Each way of serving the model.
 SCORERS = {
     "trained pipeline": trained_pipeline,
     "registered model by alias": registered_by_alias,
     "registered model by artifact URI": registered_by_artifact_uri,
     "FastPredictor": fast_predictor,
     "scripts/score.py": score_py,
+    "web service (gunicorn)": web_service,
+    "Lambda handler": lambda_handler,
 }
 
 

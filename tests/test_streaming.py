@@ -25,7 +25,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from conftest import IN_CI, ROOT, require_real_months
+from conftest import IN_CI, ROOT, require_real_months, tracking_store
 from ride_duration.data import read_month
 from ride_duration.features import BadRide, ride_features, validate_ride
 from ride_duration.kinesis import MAX_BYTES_PER_PUT, MAX_RECORDS_PER_PUT, put_records, read_stream
@@ -476,7 +476,7 @@ def test_ten_thousand_rides_survive_killing_the_runner(ten_thousand_rides, make_
     rides after the poison are written but not yet checkpointed, so the restart delivers them again."""
     out = make_stream()
     checkpoint = tmp_path / "checkpoint.json"
-    batch_size, shards = 100, 2
+    batch_size = 100
     command = [sys.executable, str(STREAMING / "runner.py"), "--stream", ten_thousand_rides["stream"],
                "--checkpoint", str(checkpoint), "--batch-size", str(batch_size), "--max-retries", "1",
                "--idle-seconds", "1", "--max-seconds", "240"]
@@ -678,11 +678,12 @@ def test_notebook_04_runs_the_whole_loop(registered_model, tmp_path):
     import papermill
 
     output = tmp_path / "04-streaming.ipynb"
-    papermill.execute_notebook(
-        str(ROOT / "notebooks" / "04-streaming.ipynb"), str(output),
-        parameters={"model_uri": registered_model["uri"], "n_rides": 300, "batch_size": 50},
-        cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3",
-    )
+    with tracking_store(registered_model["tracking_uri"]):  # the kernel resolves the alias there
+        papermill.execute_notebook(
+            str(ROOT / "notebooks" / "04-streaming.ipynb"), str(output),
+            parameters={"model_uri": registered_model["uri"], "n_rides": 300, "batch_size": 50},
+            cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3",
+        )
     text = output.read_text()
     assert "300 predictions for 300 rides" in text
     assert "rides without a prediction: 0" in text

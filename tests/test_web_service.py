@@ -17,23 +17,15 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import WEB_SERVICE_COMMAND as PREDICT_COMMAND
+from conftest import start_web_service as start_service
 from ride_duration import local_stack
 from ride_duration.features import FastPredictor, ride_features, validate_ride
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "web-service"
-PREDICT_COMMAND = [local_stack.bin_path("gunicorn"), "-c", str(WEB / "gunicorn.conf.py"), "predict:app"]
 EXAMPLE_RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
 API_KEY = "s3cret-key"
-
-
-def start_service(logs_dir: Path, name: str, env: dict):
-    """The exported app under gunicorn on a free loopback port; returns (process, base URL, log)."""
-    port = local_stack.free_port()
-    url = f"http://{local_stack.HOST}:{port}"
-    log = logs_dir / f"{name}-{port}.log"
-    env = {"BIND": f"{local_stack.HOST}:{port}", "API_KEY": "", "PROMETHEUS_MULTIPROC_DIR": "", **env}
-    return local_stack.start(PREDICT_COMMAND, log, f"{url}/health", env=env), url, log
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from ride_duration.batch import (arrow_array, atomic_parquet, default_output, fi
                                  output_info, output_info_for, output_schema, ride_columns)
 from ride_duration.data import BadMonthFile, MonthNotAvailable, check_month
 from ride_duration.features import FastPredictor
-from ride_duration.model import ModelLoadError, load_model
+from ride_duration.model import ModelLoadError, load_model, tracking_uri
 
 
 def ride_ids(year: int, month: int, first_row: int, n: int) -> pa.Array:
@@ -208,8 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def use_project_tracking_store() -> None:
     """models:/ URIs are resolved by MLflow: MLFLOW_TRACKING_URI if set, else the project's mlflow.db."""
-    from ride_duration.train import tracking_uri
-
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
 
 

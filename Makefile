@@ -23,7 +23,7 @@ test-core: setup  ## every test but Prefect's, in the core install (which has no
 	$(PY) -m pytest --ignore=tests/test_orchestration.py
 
 test-orchestration: $(UV)  ## the Prefect tests, after adding the optional orchestration extra
-	$(UV) sync --frozen --extra orchestration
+	$(UV) sync --frozen --compile-bytecode --extra orchestration
 	$(PY) -c "import prefect"  # fail, not skip, if the extra did not install
 	$(PY) -m pytest tests/test_orchestration.py
 

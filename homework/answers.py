@@ -42,7 +42,7 @@ EXPORT_COMMANDS = {
 # Numeric options: the closest one is the answer.
 OPTIONS = {
     "q1": {"tlc": [3.2, 6.4, 9.5, 12.7], "synthetic": [2.9, 5.8, 8.7, 11.6]},
-    "q2": {"tlc": [0.7, 1.3, 2.6, 5.3], "synthetic": [1.2, 2.5, 5.0, 10.0]},
+    "q2": {"tlc": [0.8, 1.6, 3.3, 6.6], "synthetic": [1.2, 2.5, 5.0, 10.0]},
     "q3": {"tlc": list(EXPORT_COMMANDS), "synthetic": list(EXPORT_COMMANDS)},
     "q4": {"tlc": ["629cada3", "0f6a0c3e", "5d2c6f8e", "9e8d7c6b"], "synthetic": ["629cada3", "0f6a0c3e", "5d2c6f8e", "9e8d7c6b"]},
     "q5": {"tlc": [11.9, 14.4, 16.9, 19.4], "synthetic": [16.5, 19.0, 21.5, 24.0]},

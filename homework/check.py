@@ -5,9 +5,9 @@
 
 The answers file has one line per question, a letter or the number you found:
 
-    q1: C
-    q2: 2.61
-    q3: D
+    q1: B
+    q2: 1.7
+    q3: A
 
 A number counts as the option closest to it. Each question is marked right or wrong; a wrong one
 gets a hint. The key (homework/key-<variant>.json) is computed by homework/answers.py.

@@ -383,9 +383,16 @@ def atomic_parquet(destination: str | Path, schema, info: dict):
             except Exception as error:  # boto3 and botocore errors alike: the output was not written
                 raise OutputNotWritten(f"cannot upload {destination}: {type(error).__name__}: {error}") from error
         else:
+            os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes it private; outputs are not
             os.replace(temporary, destination)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def output_info(destination: str | Path) -> dict | None:

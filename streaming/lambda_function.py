@@ -30,9 +30,13 @@ container = {}  # what one Lambda container keeps between events
 
 
 def served_model():
-    """(LoadedModel, FastPredictor) for MODEL_URI, loaded on first use, once per container."""
+    """(LoadedModel, FastPredictor) for MODEL_URI, loaded on first use, once per container.
+
+    The handler only predicts through FastPredictor, so a linear pipeline is loaded without
+    importing scikit-learn: one to three seconds less of every cold start.
+    """
     if "model" not in container:
-        model = load_model(os.environ.get("MODEL_URI", ""))
+        model = load_model(os.environ.get("MODEL_URI", ""), without_sklearn=True)
         container["predictor"] = FastPredictor(model.pipeline)
         container["model"] = model
     return container["model"], container["predictor"]

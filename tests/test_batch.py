@@ -465,3 +465,12 @@ def test_walkthrough_notebook_runs(registered_model, tmp_path):
     assert text.count("skipped ") == 3  # the month papermill scored, then both on the second backfill
     images = sum("image/png" in o.get("data", {}) for c in cells if c.cell_type == "code" for o in c.outputs)
     assert images == 3
+
+
+def test_local_output_has_the_usual_file_mode(tmp_path):
+    """The temporary file is private while it is written; the output others read is not."""
+    destination = tmp_path / "out.parquet"
+    info = batch.output_info_for("m-test", "green", 2021, 3, False)
+    with batch.atomic_parquet(destination, batch.output_schema("green"), info):
+        pass
+    assert destination.stat().st_mode & 0o777 == 0o666 & ~batch.current_umask()

@@ -174,7 +174,7 @@ def test_model_is_loaded_once_per_container(handler, monkeypatch):
     monkeypatch.setenv("DRY_RUN", "1")
     loads = []
     real_load = handler.load_model
-    monkeypatch.setattr(handler, "load_model", lambda uri: loads.append(uri) or real_load(uri))
+    monkeypatch.setattr(handler, "load_model", lambda uri, **options: loads.append(uri) or real_load(uri, **options))
     event = json.loads(SAMPLE_EVENT.read_text())
     for _ in range(3):
         handler.lambda_handler(event, None)

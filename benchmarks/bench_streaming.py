@@ -59,7 +59,7 @@ def save_model(folder: Path) -> Path:
     rides = training_rides(read_month("green", 2021, 1, synthetic="fallback"), "green")
     pipeline = train.fit(train.make_pipeline(LinearRegression()), rides)
     path = folder / "model"
-    mlflow.sklearn.save_model(pipeline, str(path), serialization_format="skops", pip_requirements=train.PIP_REQUIREMENTS)
+    mlflow.sklearn.save_model(pipeline, str(path), serialization_format=train.SERIALIZATION_FORMAT, pip_requirements=train.PIP_REQUIREMENTS)
     return path
 
 
@@ -164,7 +164,7 @@ def cold_starts(folder: Path, model: Path) -> Table:
         ours_lean = cold_start(str(lean.python), OURS, lean.task_root, env)
         rows.append(["ours (ride_duration.model, no mlflow)", "Lambda image packages only", *ours_lean, sum(ours_lean)])
         note = ("'Lambda image packages only': streaming/Dockerfile's task root and the lock's lambda group, laid out "
-                "by streaming/image.py. In the project environment scikit-learn also imports pandas because it is there.")
+                "by streaming/image.py. Ours loads a linear pipeline without scikit-learn (load_model(without_sklearn=True)).")
     return Table(
         title=f"Streaming: cold start (fastest of {COLD_START_REPEATS} fresh interpreters)",
         headers=["handler", "packages", "import (s)", "model load + client (s)", "total (s)"],

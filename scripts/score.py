@@ -21,7 +21,7 @@ def ride_ids(year: int, month: int, first_row: int, n: int) -> pa.Array:
     """f"{year:04d}/{month:02d}_{row}" for rows first_row .. first_row + n - 1, as an Arrow string array.
 
     Rows whose numbers have the same count of digits are one block of bytes, a row per ride: the
-    prefix, then the digits, each column of digits computed for all rows at once by numpy.
+    prefix, then the digits, written four at a time for all rows at once from a table of "0000".."9999".
     """
     prefix = np.frombuffer(f"{year:04d}/{month:02d}_".encode(), dtype=np.uint8)
     blocks = []
@@ -29,15 +29,21 @@ def ride_ids(year: int, month: int, first_row: int, n: int) -> pa.Array:
     while start < end:
         digits = len(str(start))
         stop = min(end, 10**digits)
-        rest = np.arange(start, stop, dtype=np.int64)
+        rest = np.arange(start, stop, dtype=np.int32)  # int32 divides twice as fast; rows < 2**31
         block = np.empty((stop - start, prefix.size + digits), dtype=np.uint8)
         block[:, :prefix.size] = prefix
-        for position in range(1, digits + 1):  # from the last digit
-            rest, digit = np.divmod(rest, 10)
-            block[:, -position] = digit + ord("0")
+        done = 0  # digits written, from the last one
+        while done < digits:
+            rest, four = np.divmod(rest, 10_000)
+            width = min(4, digits - done)
+            block[:, block.shape[1] - done - width:block.shape[1] - done] = np.take(FOUR_DIGITS, four, axis=0)[:, 4 - width:]
+            done += width
         blocks.append(block)
         start = stop
     return fixed_width_strings(blocks)
+
+
+FOUR_DIGITS = np.array([list(f"{i:04d}".encode()) for i in range(10_000)], dtype=np.uint8)  # "0000".."9999"
 
 
 def repeated(text: str, n: int) -> pa.Array:

@@ -1,13 +1,15 @@
 # The two Quick start commands are `make tutorial` and `make test`; everything else is a helper.
 UV_VERSION := 0.13.8
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv from the PATH, else a pinned copy in .tools/ (a venv of its own: no --user installs, no PEP 668 trouble)
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PY := .venv/bin/python
 NOTEBOOKS := 01-train 02-register 03-web-service 04-streaming 05-batch
 
-.PHONY: setup tutorial test test-core test-orchestration export check-export bench stack-start stack-stop clean
+.PHONY: setup tutorial test test-core test-orchestration export check-export bench stack-start stack-stop
 
-$(UV):
-	python3 -m pip install --user --quiet uv==$(UV_VERSION)
+.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/python -m pip install --quiet uv==$(UV_VERSION)
 
 # Bytecode compiled once here: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile
 # scikit-learn, scipy and pandas from source, seconds of each cold start (a repeated sync takes ~1 s).

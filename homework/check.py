@@ -28,12 +28,12 @@ from answers import OPTIONS, VARIANTS, closest, key_path, model_sha256, MODEL_SH
 
 HINTS = {
     "q1": "read the papermill run's output parquet with pandas and take .std() of predicted_duration "
-          "(pandas' default, ddof=1); check you passed -p model_uri ../homework/model",
+          "(pandas' default, ddof=1); check you passed -p model_uri homework/model",
     "q2": "the size of that output file in MB, where 1 MB = 1,000,000 bytes (os.path.getsize(path) / 1e6)",
     "q3": "the export must leave out cells tagged notebook-only and the markdown, as scripts/export.py does",
     "q4": 'find name = "scikit-learn" in uv.lock; its sdist line has hash = "sha256:...": take the first 8 hex digits',
     "q5": "run scripts/score.py for 2021-04 with --model-uri homework/model and take the mean of predicted_duration",
-    "q6": "start gunicorn with MODEL_URI=homework/model and run python web-service/client.py: the duration field",
+    "q6": "start gunicorn with MODEL_URI=$PWD/homework/model (gunicorn.conf.py moves into web-service/) and run python web-service/client.py: the duration field",
     "q7": "DRY_RUN=1 MODEL_URI=homework/model python streaming/lambda_function.py streaming/events/kinesis-sample.json: "
           "prediction.ride_duration",
     "q8": "add up the rows column of the backfill's summary: every ride of each month file is scored, strays included",

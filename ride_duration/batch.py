@@ -172,8 +172,6 @@ def duration_minutes(pickup: pa.Array, dropoff: pa.Array) -> np.ndarray:
     this does the same on the int64 timestamps. A batch with a missing timestamp, or beyond 2**53 ticks
     (where pandas corrects the rounding: a stray timestamp years away, in nanoseconds) goes to pandas itself.
     """
-    import pyarrow as pa
-
     ticks = None
     if pickup.null_count == 0 and dropoff.null_count == 0:  # Arrow timestamps are int64 ticks
         ticks = numpy_values(dropoff, np.int64) - numpy_values(pickup, np.int64)
@@ -360,10 +358,8 @@ def atomic_parquet(destination: str | Path, schema, info: dict):
     import pyarrow.parquet as pq
 
     destination = str(destination)
-    if is_s3(destination):
-        bucket, key = split_s3(destination)
-        folder = None
-    else:
+    folder = None  # s3://: the system's temporary folder
+    if not is_s3(destination):
         folder = Path(destination).resolve().parent
         folder.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".scoring-", suffix=".parquet.part", dir=folder)
@@ -376,17 +372,24 @@ def atomic_parquet(destination: str | Path, schema, info: dict):
                 yield writer
             finally:
                 writer.finish()
-        if folder is None:
-            s3_metadata = {name.replace("_", "-"): value for name, value in info.items()}
-            try:
-                s3_client().upload_file(temporary, bucket, key, ExtraArgs={"Metadata": s3_metadata})
-            except Exception as error:  # boto3 and botocore errors alike: the output was not written
-                raise OutputNotWritten(f"cannot upload {destination}: {type(error).__name__}: {error}") from error
-        else:
-            os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes it private; outputs are not
-            os.replace(temporary, destination)
+        publish(temporary, destination, info)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def publish(finished: str, destination: str, info: dict) -> None:
+    """Put a finished output file at destination whole: an atomic rename beside it, or one S3 upload
+    (S3 shows an object only once its upload completes), with the output's metadata."""
+    if is_s3(destination):
+        bucket, key = split_s3(destination)
+        s3_metadata = {name.replace("_", "-"): value for name, value in info.items()}
+        try:
+            s3_client().upload_file(finished, bucket, key, ExtraArgs={"Metadata": s3_metadata})
+        except Exception as error:  # boto3 and botocore errors alike: the output was not written
+            raise OutputNotWritten(f"cannot upload {destination}: {type(error).__name__}: {error}") from error
+    else:
+        os.chmod(finished, 0o666 & ~current_umask())  # temporary files are private; outputs are not
+        os.replace(finished, destination)
 
 
 def current_umask() -> int:

@@ -62,18 +62,26 @@ def start(command: list[str], log: Path, health_url: str, env: dict | None = Non
             cwd=cwd,
             start_new_session=True,
         )
+    try:
+        wait_healthy(process, health_url, timeout, f"{command[0]}", log)
+    except BaseException:  # not healthy, or Ctrl-C while waiting: it runs in its own session, stop it
+        stop(process)
+        raise
+    return process
+
+
+def wait_healthy(process, health_url: str, timeout: float, name: str, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServiceFailed(f"{command[0]} exited with {process.returncode}; log {log}:\n{log_tail(log)}")
+            raise ServiceFailed(f"{name} exited with {process.returncode}; log {log}:\n{log_tail(log)}")
         try:
             if requests.get(health_url, timeout=2).status_code == 200:
-                return process
+                return
         except requests.RequestException:
             pass
         time.sleep(0.2)
-    stop(process)
-    raise ServiceFailed(f"{command[0]} not healthy after {timeout:.0f}s at {health_url}; log {log}:\n{log_tail(log)}")
+    raise ServiceFailed(f"{name} not healthy after {timeout:.0f}s at {health_url}; log {log}:\n{log_tail(log)}")
 
 
 def stop(process_or_pid, timeout: float = 15) -> None:

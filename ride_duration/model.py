@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ride_duration.features import LINEAR_REGRESSORS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REGISTERED_MODEL = "ride-duration"
 PRODUCTION_ALIAS = "production"
@@ -105,10 +107,7 @@ class FittedAttributes:
 STAND_IN_CLASSES = {
     "sklearn.pipeline.Pipeline",
     "sklearn.feature_extraction._dict_vectorizer.DictVectorizer",
-    "sklearn.linear_model._base.LinearRegression",
-    "sklearn.linear_model._ridge.Ridge",
-    "sklearn.linear_model._coordinate_descent.Lasso",
-    "sklearn.linear_model._coordinate_descent.ElasticNet",
+    *LINEAR_REGRESSORS,
 }
 NUMPY_GLOBALS = {
     (module, name)

@@ -14,7 +14,7 @@ from pathlib import Path
 import botocore.exceptions
 
 from ride_duration import local_stack
-from ride_duration.batch import default_output, is_s3, open_month, output_info_for, s3_client, split_s3
+from ride_duration.batch import default_output, is_s3, open_month, output_info_for, publish
 from ride_duration.data import PROJECT_ROOT
 
 
@@ -103,12 +103,7 @@ def score_to_staging(taxi_type: str, year: int, month: int, model_uri: str, mont
 @task(name="write", **retry_transient)
 def publish_output(staging: str, destination: str, info: dict) -> str:
     """Put the finished staging file at destination whole (same metadata as score.py's outputs)."""
-    if is_s3(destination):
-        bucket, key = split_s3(destination)
-        metadata = {name.replace("_", "-"): value for name, value in info.items()}
-        s3_client().upload_file(staging, bucket, key, ExtraArgs={"Metadata": metadata})
-    else:
-        os.replace(staging, destination)
+    publish(staging, destination, info)
     return destination
 
 

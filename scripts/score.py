@@ -14,7 +14,7 @@ from ride_duration.batch import (arrow_array, atomic_parquet, default_output, fi
                                  output_info, output_info_for, output_schema, ride_columns)
 from ride_duration.data import BadMonthFile, MonthNotAvailable, check_month
 from ride_duration.features import FastPredictor
-from ride_duration.model import ModelLoadError, load_model, tracking_uri
+from ride_duration.model import ModelLoadError, load_model
 
 
 def ride_ids(year: int, month: int, first_row: int, n: int) -> pa.Array:
@@ -150,7 +150,7 @@ def backfill(taxi_type: str, start: str, end: str, model, output_root: str = "ou
             continue
         try:
             result = score_month(taxi_type, year, month, model, destination, synthetic=synthetic)
-        except (MonthNotAvailable, BadMonthFile) as error:
+        except (ValueError, OSError) as error:  # this month's data or output; the others go on
             summary.append({**row, "status": "failed", "rows": None, "seconds": None, "note": one_line(error)})
             continue
         summary.append({**row, "status": "scored", "rows": result["rows"], "seconds": result["seconds"],
@@ -173,15 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
                   "s3:// or file:// URI (default: $MODEL_URI, else models:/ride-duration@production)")
     default_model = os.environ.get("MODEL_URI", "models:/ride-duration@production")
 
-    def add_data_options(parser):
-        parser.add_argument("--taxi-type", choices=["green", "yellow"], default="green",
+    def add_data_options(parser, inherit=False):
+        """The options score and backfill share; the backfill's copies (inherit=True) have no default of
+        their own, so that `score.py --taxi-type yellow backfill ...` keeps yellow."""
+        def default(value):
+            return argparse.SUPPRESS if inherit else value
+
+        parser.add_argument("--taxi-type", choices=["green", "yellow"], default=default("green"),
                             help="which TLC trip records to score (default: green)")
-        parser.add_argument("--model-uri", default=default_model, help=model_help)
+        parser.add_argument("--model-uri", default=default(default_model), help=model_help)
         source = parser.add_mutually_exclusive_group()
-        source.add_argument("--synthetic", action="store_const", const=True, default=False,
+        source.add_argument("--synthetic", action="store_const", const=True, default=default(False),
                             help="score the deterministic synthetic month instead of TLC data (output labelled synthetic)")
         source.add_argument("--synthetic-fallback", dest="synthetic", action="store_const", const="fallback",
-                            help="use the synthetic month only if the real one is neither local nor downloadable")
+                            default=default(False), help="use the synthetic month only if the real one is neither local nor downloadable")
 
     parser = argparse.ArgumentParser(
         prog="score.py",
@@ -201,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         "backfill", help="score a range of months",
         description="Score every month from --from to --to; months already scored by the same model "
                     "version are skipped unless --force. Prints a summary table; exit code 1 if a month failed.")
-    add_data_options(backfill_parser)
+    add_data_options(backfill_parser, inherit=True)
     backfill_parser.add_argument("--from", dest="start", required=True, metavar="YYYY-MM", help="first month")
     backfill_parser.add_argument("--to", dest="end", required=True, metavar="YYYY-MM", help="last month (included)")
     backfill_parser.add_argument("--output-root", default="output",
@@ -212,15 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def use_project_tracking_store() -> None:
-    """models:/ URIs are resolved by MLflow: MLFLOW_TRACKING_URI if set, else the project's mlflow.db."""
-    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    use_project_tracking_store()
+    if args.command == "backfill":
+        misplaced = [flag for flag, value in (("--year", args.year), ("--month", args.month), ("--output", args.output),
+                                              ("--input", args.input)) if value is not None]
+        if misplaced:
+            parser.error(f"{', '.join(misplaced)} do not apply to backfill: use --from, --to and --output-root")
     try:
         if args.command == "backfill":
             summary = backfill(args.taxi_type, args.start, args.end, args.model_uri, args.output_root,

@@ -31,9 +31,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ride_duration.kinesis import put_records, shard_iterator, stream_shards
+from ride_duration.kinesis import POLL_SECONDS, put_records, shard_iterator, stream_shards
 
-POLL_SECONDS = 0.2  # pause after a round of empty reads (Kinesis allows 5 reads/s per shard)
 HANDLER_TIMEOUT_SECONDS = 60  # what context.get_remaining_time_in_millis counts down from
 
 

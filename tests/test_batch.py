@@ -474,3 +474,14 @@ def test_local_output_has_the_usual_file_mode(tmp_path):
     with batch.atomic_parquet(destination, batch.output_schema("green"), info):
         pass
     assert destination.stat().st_mode & 0o777 == 0o666 & ~batch.current_umask()
+
+
+def test_options_before_backfill_are_kept_and_misplaced_ones_refused():
+    parser = score.build_parser()
+    args = parser.parse_args(["--model-uri", "m", "--taxi-type", "yellow", "backfill", "--from", "2021-01", "--to", "2021-02"])
+    assert (args.model_uri, args.taxi_type, args.synthetic) == ("m", "yellow", False)
+    args = parser.parse_args(["backfill", "--from", "2021-01", "--to", "2021-02", "--synthetic"])
+    assert (args.taxi_type, args.synthetic) == ("green", True)
+    with pytest.raises(SystemExit) as error:
+        score.main(["--year", "2021", "backfill", "--from", "2021-01", "--to", "2021-02"])
+    assert error.value.code == 2

@@ -121,6 +121,7 @@ BAD_DATA = {
     "ride_id null": ride_event({"PULocationID": 1, "DOLocationID": 2, "trip_distance": 1.0}, None),
     "ride_id bool": ride_event({"PULocationID": 1, "DOLocationID": 2, "trip_distance": 1.0}, True),
     "ride_id too long": ride_event({"PULocationID": 1, "DOLocationID": 2, "trip_distance": 1.0}, "x" * 257),
+    "integer ride_id too long": ride_event({"PULocationID": 1, "DOLocationID": 2, "trip_distance": 1.0}, 10**300),
     "location as text": ride_event({"PULocationID": "130", "DOLocationID": 205, "trip_distance": 3.66}, 1),
     "no distance": ride_event({"PULocationID": 130, "DOLocationID": 205}, 2),
     "negative distance": ride_event({"PULocationID": 130, "DOLocationID": 205, "trip_distance": -1}, 3),

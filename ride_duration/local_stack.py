@@ -8,6 +8,7 @@ each service is started and health-checked).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +41,14 @@ def free_port() -> int:
 def bin_path(name: str) -> str:
     """A console script of this environment (moto_server, mlflow, gunicorn)."""
     return str(Path(sys.executable).with_name(name))
+
+
+def uv_binary() -> str:
+    """The uv that `make setup` used: the one on the PATH, else the project's .tools/bin/uv."""
+    found = shutil.which("uv") or str(Path(__file__).resolve().parents[1] / ".tools" / "bin" / "uv")
+    if not Path(found).exists():
+        raise FileNotFoundError("uv is not installed (make setup installs it)")
+    return found
 
 
 def log_tail(log: Path, lines: int = 40) -> str:

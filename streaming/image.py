@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+from ride_duration import local_stack
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "streaming" / "Dockerfile"
 BASE_IMAGE_PACKAGES = ["boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3"]
@@ -42,13 +44,6 @@ def dockerfile_parts(path: Path = DOCKERFILE) -> dict:
     }
 
 
-def uv_binary() -> str:
-    found = shutil.which("uv") or str(Path.home() / ".local" / "bin" / "uv")
-    if not Path(found).exists():
-        raise FileNotFoundError("uv is not installed (make setup installs it)")
-    return found
-
-
 def build(dest: Path) -> LambdaImage:
     """Lay out the task root and the image's virtualenv under dest; raise CalledProcessError if uv cannot."""
     parts = dockerfile_parts()
@@ -61,7 +56,7 @@ def build(dest: Path) -> LambdaImage:
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / source, destination)
     venv = dest / "venv"
-    uv = uv_binary()
+    uv = local_stack.uv_binary()
     run = dict(cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
     subprocess.run([uv, "sync", "--frozen", "--offline", "--only-group", "lambda", "--no-install-project", "--quiet"],
                    env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)}, **run)

@@ -26,6 +26,7 @@ import boto3
 import pytest
 
 from conftest import IN_CI, ROOT, require_real_months, tracking_store
+from ride_duration import local_stack
 from ride_duration.data import read_month
 from ride_duration.features import BadRide, ride_features, validate_ride
 from ride_duration.kinesis import MAX_BYTES_PER_PUT, MAX_RECORDS_PER_PUT, put_records, read_stream
@@ -607,7 +608,7 @@ def test_deploy_script_against_moto(moto_url):
 
 def uv_or_fail() -> str:
     try:
-        return image.uv_binary()
+        return local_stack.uv_binary()
     except FileNotFoundError:
         if IN_CI:
             raise

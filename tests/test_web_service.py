@@ -297,13 +297,6 @@ def test_single_ride_fast_path_equals_pipeline(training_months, validation_rides
 
 # --- packaging: requirements, the container's install and start -----------------------------------
 
-def uv_binary() -> str:
-    found = shutil.which("uv") or str(Path.home() / ".local" / "bin" / "uv")
-    if not Path(found).exists():
-        pytest.fail("uv is needed (make setup installs it)")
-    return found
-
-
 def without_header(text: str) -> list[str]:
     """requirements.txt minus uv's header comment (which names the output file)."""
     lines = text.splitlines()
@@ -315,7 +308,7 @@ def without_header(text: str) -> list[str]:
 def test_requirements_are_in_sync_with_the_lock(tmp_path):
     fresh = tmp_path / "requirements.txt"
     subprocess.run(
-        [uv_binary(), "export", "--frozen", "--only-group", "web", "--no-hashes", "--no-emit-project", "-o", str(fresh)],
+        [local_stack.uv_binary(), "export", "--frozen", "--only-group", "web", "--no-hashes", "--no-emit-project", "-o", str(fresh)],
         cwd=ROOT, check=True, capture_output=True, timeout=120,
     )
     assert without_header((WEB / "requirements.txt").read_text()) == without_header(fresh.read_text()), (
@@ -358,7 +351,7 @@ def replay_dockerfile(app_root: Path, venv: Path) -> tuple[Path, dict, list[str]
         elif instruction == "RUN" and arguments.startswith("pip install"):
             assert arguments == "pip install -r requirements.txt"
             subprocess.run(
-                [uv_binary(), "pip", "install", "--python", str(venv / "bin" / "python"), "-r", str(workdir / "requirements.txt")],
+                [local_stack.uv_binary(), "pip", "install", "--python", str(venv / "bin" / "python"), "-r", str(workdir / "requirements.txt")],
                 check=True, capture_output=True, timeout=600,
             )
         elif instruction == "RUN":
@@ -374,7 +367,7 @@ def test_fresh_venv_from_requirements_runs_the_dockerfile_cmd(tmp_path, register
     """The container's install and start, without Docker: a venv holding requirements.txt and
     nothing else, the Dockerfile's COPY layout, its CMD verbatim, and an answer to the example ride."""
     venv = tmp_path / "venv"
-    subprocess.run([uv_binary(), "venv", "--python", sys.executable, str(venv)], check=True, capture_output=True, timeout=120)
+    subprocess.run([local_stack.uv_binary(), "venv", "--python", sys.executable, str(venv)], check=True, capture_output=True, timeout=120)
     workdir, image_env, command = replay_dockerfile(tmp_path / "image", venv)
     lean = subprocess.run(
         [str(venv / "bin" / "python"), "-c",

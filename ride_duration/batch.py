@@ -26,10 +26,10 @@ import numpy as np
 from ride_duration.data import (
     DATETIME_COLUMNS,
     RIDE_COLUMNS,
-    SYNTHETIC_KEY,
     BadMonthFile,
     MonthNotAvailable,
     check_month,
+    check_month_schema,
     check_taxi_type,
     locate_month,
     synthetic_month,
@@ -247,11 +247,7 @@ def _file_input(path: Path, taxi_type: str, year: int, month: int) -> MonthInput
         parquet = pq.ParquetFile(path)
     except Exception as error:
         raise BadMonthFile(f"{path} is not a readable parquet file: {error}") from error
-    names = parquet.schema_arrow.names
-    missing = [c for c in input_columns(taxi_type) if c not in names]
-    if missing:
-        raise BadMonthFile(f"{path} is not a {taxi_type} TLC file: it lacks {missing} (it has {names[:8]}...)")
-    synthetic = (parquet.schema_arrow.metadata or {}).get(SYNTHETIC_KEY) == b"true"
+    synthetic = check_month_schema(path, parquet.schema_arrow, taxi_type)
     return MonthInput(taxi_type, year, month, str(path), synthetic, parquet.metadata.num_rows, _file=parquet)
 
 

@@ -148,22 +148,25 @@ def read_month_file(path: Path | str, taxi_type: str) -> pd.DataFrame:
     """Read a TLC parquet file, check its schema and give location IDs one dtype across years."""
     import pyarrow.parquet as pq
 
-    pickup, dropoff = DATETIME_COLUMNS[check_taxi_type(taxi_type)]
+    check_taxi_type(taxi_type)
     try:
         table = pq.read_table(path)
     except Exception as error:
         raise BadMonthFile(f"{path} is not a readable parquet file: {error}") from error
-    missing = [c for c in (pickup, dropoff, *RIDE_COLUMNS) if c not in table.column_names]
-    if missing:
-        raise BadMonthFile(
-            f"{path} is not a {taxi_type} TLC file: it lacks {missing} "
-            f"(it has {table.column_names[:8]}...)"
-        )
-    df = table.to_pandas()
-    df = normalise_dtypes(df, taxi_type)
-    synthetic = (table.schema.metadata or {}).get(SYNTHETIC_KEY) == b"true"
+    synthetic = check_month_schema(path, table.schema, taxi_type)
+    df = normalise_dtypes(table.to_pandas(), taxi_type)
     df.attrs["source"] = "synthetic" if synthetic else str(path)
     return df
+
+
+def check_month_schema(path, schema, taxi_type: str) -> bool:
+    """Raise BadMonthFile unless the Arrow schema has a TLC month's ride columns; True if the file is
+    a synthetic month (labelled in its metadata by write_month_file)."""
+    names = schema.names
+    missing = [c for c in (*DATETIME_COLUMNS[taxi_type], *RIDE_COLUMNS) if c not in names]
+    if missing:
+        raise BadMonthFile(f"{path} is not a {taxi_type} TLC file: it lacks {missing} (it has {names[:8]}...)")
+    return (schema.metadata or {}).get(SYNTHETIC_KEY) == b"true"
 
 
 def normalise_dtypes(df: pd.DataFrame, taxi_type: str) -> pd.DataFrame:

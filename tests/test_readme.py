@@ -1,0 +1,233 @@
+"""The READMEs' commands are tests: every shell block of the five READMEs runs as written, in order,
+one bash session per README, in a fresh copy of the project (tests/readme_blocks.py says how).
+
+README.md runs from a clean copy (its Quick start makes the environment and runs the tutorial); the
+other READMEs each start from a fresh copy of the project as it is after that Quick start."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import IN_CI, require_real_months
+from readme_blocks import ReadmeError, network_namespace_works, parse, run_readme, shows
+from ride_duration import local_stack
+
+ROOT = Path(__file__).resolve().parents[1]
+READMES = ["README.md", "web-service/README.md", "streaming/README.md", "scripts/README.md", "homework/README.md"]
+DEFAULT_PORTS = [4200, 4566, 5000, 9696]  # Prefect, moto_server, MLflow, the web service
+OWN_NETWORK = network_namespace_works()
+HOMEWORK_MONTHS = [("green", 2021, m) for m in range(1, 6)]
+
+
+def shell_env(with_uv: bool = False) -> dict:
+    """A reader's environment: a plain PATH (with the uv that made this .venv, when asked), HOME,
+    TAXI_DATA_DIR; nothing of this test's own environment (no VIRTUAL_ENV, no AWS settings)."""
+    path = "/usr/local/bin:/usr/bin:/bin"
+    if with_uv:
+        path = f"{Path(local_stack.uv_binary()).parent}:{path}"
+    keep = ("HOME", "LANG", "TERM", "TAXI_DATA_DIR", "UV_CACHE_DIR", "CI")
+    return {**{name: os.environ[name] for name in keep if name in os.environ}, "PATH": path}
+
+
+def running(pid: int) -> bool:
+    """Whether the process is alive (a zombie waiting for init to reap it is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def run_sample(tmp_path: Path, readme_text: str, own_network: bool = False):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text(textwrap.dedent(readme_text))
+    return run_readme(project, "README.md", shell_env(), tmp_path / "logs", own_network)
+
+
+# --- the conventions, on READMEs written for the test -------------------------------------------
+
+SAMPLE = """\
+    # Sample
+
+    ```bash
+    export GREETING=hello
+    mkdir -p sub && cd sub
+    ```
+
+    A server in a terminal of its own:
+
+    <!-- readme-test: background until "serving" -->
+    ```bash
+    python3 -c "import time; print('serving', flush=True); time.sleep(600)" &
+    echo started; wait
+    ```
+
+    ```bash
+    echo "$GREETING from $(basename "$PWD")"   # prints: hello from sub
+    ```
+
+    <!-- readme-test: skip (needs a Docker engine) -->
+    ```bash
+    docker build .
+    ```
+
+    ```text
+    not a command
+    ```
+
+    ```console
+    $ echo one two
+    one two
+    ```
+"""
+
+
+def test_blocks_run_in_one_session_in_order(tmp_path):
+    report = run_sample(tmp_path, SAMPLE)
+    assert report.failures == [], report.failure_text()
+    assert [r.status for r in report.results] == ["passed", "passed", "passed", "skipped", "passed"]
+    assert report.skipped == [("README.md:21", "needs a Docker engine")]
+    assert [r.block.line for r in report.results] == [3, 11, 16, 21, 29]
+
+
+def test_background_blocks_are_stopped_at_the_end(tmp_path):
+    text = SAMPLE.replace("time.sleep(600)", "open('pid', 'w').write(str(__import__('os').getpid())); time.sleep(600)")
+    report = run_sample(tmp_path, text)
+    assert report.failures == [], report.failure_text()
+    pid = int((tmp_path / "project" / "sub" / "pid").read_text())  # the session had gone into sub/
+    assert not running(pid)
+
+
+def test_a_server_in_a_session_of_its_own_is_stopped_too(tmp_path):
+    report = run_sample(tmp_path, """\
+        ```bash
+        setsid python3 -c "import os, time; open('pid', 'w').write(str(os.getpid())); time.sleep(600)" &
+        sleep 1
+        ```
+    """)
+    assert report.failures == [], report.failure_text()
+    assert not running(int((tmp_path / "project" / "pid").read_text()))
+
+
+def test_a_broken_command_is_reported_with_its_line_and_output(tmp_path):
+    report = run_sample(tmp_path, """\
+        # Sample
+
+        ```bash
+        echo fine
+        ```
+
+        Then:
+
+        ```bash
+        echo about to fail
+        ls /no/such/folder
+        echo never printed
+        ```
+
+        ```bash
+        echo not reached
+        ```
+    """)
+    assert [r.status for r in report.results] == ["passed", "failed", "not run"]
+    failure = report.failure_text()
+    assert failure.startswith("README.md:9: block failed")
+    assert "about to fail" in failure and "/no/such/folder" in failure
+    assert "never printed" not in report.results[1].output
+
+
+def test_output_that_differs_from_the_readme_fails(tmp_path):
+    report = run_sample(tmp_path, """\
+        ```bash
+        echo '{"duration": 17.5}'   # prints: {"duration": 25.8...}
+        ```
+    """)
+    assert report.results[0].status == "failed"
+    assert "does not show" in report.failure_text() and "17.5" in report.failure_text()
+
+
+def test_a_block_that_hangs_times_out(tmp_path):
+    started = time.monotonic()
+    report = run_sample(tmp_path, """\
+        <!-- readme-test: timeout 2 -->
+        ```bash
+        sleep 600
+        ```
+    """)
+    assert report.results[0].status == "timed out"
+    assert time.monotonic() - started < 30
+
+
+def test_a_server_that_dies_before_it_is_ready_fails(tmp_path):
+    report = run_sample(tmp_path, """\
+        <!-- readme-test: background until "Listening" -->
+        ```bash
+        echo "cannot bind"; exit 3
+        ```
+    """)
+    assert report.results[0].status == "failed"
+    assert "cannot bind" in report.failure_text()
+
+
+@pytest.mark.skipif(not OWN_NETWORK, reason="unshare -rn is not available here")
+def test_a_network_namespace_gives_the_readme_its_own_default_ports(tmp_path):
+    with __import__("socket").socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        report = run_sample(tmp_path, f"""\
+            ```bash
+            python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', {port})); print('bound')"  # prints: bound
+            ```
+        """, own_network=True)
+    assert report.failures == [], report.failure_text()
+
+
+@pytest.mark.parametrize("marker, problem", [
+    ("<!-- readme-test: skip -->", "a skip needs a reason"),
+    ("<!-- readme-test: skip () -->", "a skip needs a reason"),
+    ("<!-- readme-test: skipp (typo) -->", "unknown readme-test clause"),
+])
+def test_malformed_markers_are_refused(marker, problem):
+    with pytest.raises(ReadmeError, match=problem):
+        parse(f"{marker}\n```bash\ntrue\n```\n", "README.md")
+
+
+def test_a_marker_must_be_just_before_a_shell_block():
+    with pytest.raises(ReadmeError, match="just before a shell block"):
+        parse("<!-- readme-test: skip (why) -->\nprose\n```bash\ntrue\n```\n", "README.md")
+    with pytest.raises(ReadmeError, match="before a text block"):
+        parse("<!-- readme-test: skip (why) -->\n```text\nq1: A\n```\n", "README.md")
+
+
+def test_printed_text_matching():
+    assert shows('ride -> HTTP 200\n{\n  "duration": 25.8228,\n  "model_version": "m-1"\n}', '"duration": 25.8...')
+    assert shows("a  b\n c", "a b c")
+    assert not shows("duration 17.5", "duration 25.8...")
+
+
+# --- the project's READMEs ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("readme", READMES)
+def test_every_skip_has_a_reason(readme):
+    """The blocks the README test does not run are exactly the marked ones, each with its reason."""
+    text = (ROOT / readme).read_text()
+    blocks = parse(text, readme)
+    assert blocks, f"{readme} has no shell block"
+    lines = text.splitlines()
+    marked = []
+    for number, line in enumerate(lines):
+        if "readme-test: skip" in line:
+            fence = next(n for n in range(number + 1, len(lines)) if lines[n].strip())
+            marked.append(fence + 1)
+    assert [b.line for b in blocks if b.skip] == marked
+    for block in blocks:
+        if block.skip:
+            print(f"{block.where} skipped: {block.skip}")

@@ -9,9 +9,10 @@ Conventions in the README's source (documented in README.md, "Tests"):
   the block's output must contain TEXT, where `...` (or `…`) stands for anything and any run of
   whitespace matches any other;
 * an HTML comment just before a block, `<!-- readme-test: CLAUSE; CLAUSE -->`, with clauses
-  `skip (reason)` (the block is not run: the reason says why), `background until "TEXT"` (the block
+  `skip (reason)` (alone: the block is not run, and the reason says why), `background until "TEXT"` (the block
   is a server: it runs in the background, as in a terminal of its own, and the next block starts
-  once its output shows TEXT; it is stopped when the README is done) and `timeout SECONDS`.
+  once its output shows TEXT; `background until URL`: once the URL answers; it is stopped when the
+  README is done) and `timeout SECONDS` (default 300).
 """
 
 from __future__ import annotations
@@ -57,20 +58,20 @@ class Block:
 
 def parse_marker(body: str, where: str) -> dict:
     """The clauses of one `<!-- readme-test: ... -->` comment, as Block fields."""
+    if match := re.fullmatch(r"skip\b\s*(?:\((?P<reason>.*)\))?", body):  # a skip is the whole marker
+        if not (match["reason"] or "").strip():
+            raise ReadmeError(f"{where}: a skip needs a reason: skip (why it cannot run here)")
+        return {"skip": match["reason"].strip()}
     fields = {}
     for clause in (c.strip() for c in body.split(";")):
-        if match := re.fullmatch(r"skip(?:\s*\((?P<reason>.*)\))?", clause):
-            if not (match["reason"] or "").strip():
-                raise ReadmeError(f"{where}: a skip needs a reason: skip (why it cannot run here)")
-            fields["skip"] = match["reason"].strip()
-        elif match := re.fullmatch(r'background\s+until\s+"(?P<text>[^"]+)"', clause):
-            fields["ready"] = match["text"]
+        if match := re.fullmatch(r'background\s+until\s+(?:"(?P<text>[^"]+)"|(?P<url>https?://\S+))', clause):
+            fields["ready"] = match["text"] or match["url"]
         elif match := re.fullmatch(r"timeout\s+(?P<seconds>\d+(?:\.\d+)?)", clause):
             fields["timeout"] = float(match["seconds"])
         else:
             raise ReadmeError(
                 f"{where}: unknown readme-test clause {clause!r} "
-                '(expected skip (reason), background until "TEXT" or timeout SECONDS)'
+                '(expected skip (reason), background until "TEXT" | URL, or timeout SECONDS)'
             )
     return fields
 
@@ -190,8 +191,14 @@ HELPERS = r"""
 exec </dev/null
 __readme_begin() { printf '\n@@readme-test-begin %s@@\n' "$1"; printf 'begin %s %s\n' "$1" "$EPOCHREALTIME" >>"$README_TEST_STATUS"; }
 __readme_end() { printf 'end %s %s\n' "$1" "$EPOCHREALTIME" >>"$README_TEST_STATUS"; }
-__readme_wait_until() {  # pid log text: until the log shows text; fail if the process ends first
-    while ! grep -qF -- "$3" "$2"; do
+__readme_up() {  # log text-or-URL: whether the log shows the text, or the URL answers
+    case "$2" in
+        http://*|https://*) python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$2" 2>/dev/null ;;
+        *) grep -qF -- "$2" "$1" ;;
+    esac
+}
+__readme_wait_until() {  # pid log text-or-URL: until it is up; fail if the process ends first
+    while ! __readme_up "$2" "$3"; do
         if ! kill -0 "$1" 2>/dev/null; then
             echo "the background block ended before printing: $3"; return 1
         fi

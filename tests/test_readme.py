@@ -231,3 +231,81 @@ def test_every_skip_has_a_reason(readme):
     for block in blocks:
         if block.skip:
             print(f"{block.where} skipped: {block.skip}")
+
+
+def copy_project(destination: Path) -> None:
+    """What a reader's clone holds: the tracked files and the new ones git does not ignore, as they
+    are in this working tree (so an edited README is tested before it is committed)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+
+
+def copy_tree(source: Path, destination: Path) -> None:
+    """A copy of a project folder; .venv hard-linked (uv itself links it from its cache and replaces
+    files rather than writing into them), the rest copied."""
+    destination.mkdir(parents=True)
+    for entry in source.iterdir():
+        flags = "-al" if entry.name == ".venv" else "-a"
+        subprocess.run(["cp", flags, str(entry), str(destination / entry.name)], check=True)
+
+
+def in_own_network(command: list[str]) -> list[str]:
+    return ["unshare", "-rn", "bash", "-c", 'ip link set lo up && exec "$@"', "bash", *command] if OWN_NETWORK \
+        else command
+
+
+@pytest.fixture(scope="session")
+def after_quickstart(tmp_path_factory):
+    """The project as it is after README.md's Quick start (`make tutorial` in a fresh copy), and a
+    snapshot of it to restore at the same path (mlflow.db and .venv hold absolute paths)."""
+    base = tmp_path_factory.mktemp("quickstart")
+    project = base / "project"
+    copy_project(project)
+    log = base / "make-tutorial.log"
+    with open(log, "wb") as out:
+        done = subprocess.run(in_own_network(["make", "tutorial"]), cwd=project, env=shell_env(with_uv=True),
+                              stdout=out, stderr=subprocess.STDOUT, timeout=1800)
+    if done.returncode:
+        pytest.fail(f"the Quick start's make tutorial failed:\n{log.read_text()[-5000:]}")
+    snapshot = base / "snapshot"
+    copy_tree(project, snapshot)
+    return project, snapshot
+
+
+def check_default_ports_free() -> None:
+    """Without a network namespace the README's servers take their default ports on this machine."""
+    import socket
+
+    for port in DEFAULT_PORTS:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.fail(f"port {port} is in use and unshare -rn is not available: the README's commands "
+                            "use the default ports; stop what listens there")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(5400)
+@pytest.mark.parametrize("readme", READMES)
+def test_readme_commands_work(readme, tmp_path, request):
+    """Every shell block of the README, run as written in a fresh copy, passes (or is marked skip)."""
+    require_real_months(*HOMEWORK_MONTHS)
+    if not OWN_NETWORK:
+        check_default_ports_free()
+    if readme == "README.md":
+        project = tmp_path / "project"
+        copy_project(project)
+    else:
+        project, snapshot = request.getfixturevalue("after_quickstart")
+        shutil.rmtree(project)
+        copy_tree(snapshot, project)
+    report = run_readme(project, readme, shell_env(with_uv=True), tmp_path / "logs", OWN_NETWORK)
+    print(report.summary())
+    assert not report.failures, report.failure_text()
+    assert report.count("passed") + report.count("skipped") == len(report.results), report.summary()

@@ -181,7 +181,7 @@ class Report:
                 f"{result.block.where}: block {result.status} after {result.seconds:.1f} s: {result.problem}\n"
                 f"{command}\n--- its output ---\n{result.output.rstrip()}"
             )
-        for where, log in self.background_logs.items():
+        for where, log in self.background_logs.items() if parts else ():
             parts.append(f"--- output of the background block at {where} ---\n{log.rstrip()}")
         return "\n\n".join(parts)
 

@@ -21,13 +21,15 @@ tutorial: setup  ## run the numbered notebooks in order into runs/
 
 test: test-core test-orchestration  ## every test (TAXI_DATA_DIR points at real TLC months when there are some)
 
-test-core: setup  ## every test but Prefect's, in the core install (which has no Prefect)
-	$(PY) -m pytest --ignore=tests/test_orchestration.py
+test-core: setup  ## every test but Prefect's and the README runs, in the core install (which has no Prefect)
+	$(PY) -m pytest --ignore=tests/test_orchestration.py --ignore=tests/test_readme.py
 
-test-orchestration: $(UV)  ## the Prefect tests, after adding the optional orchestration extra
+# The README runs are here because some of their blocks install the extra, offline: from uv's cache, which the
+# sync above has filled.
+test-orchestration: $(UV)  ## the Prefect tests and the README runs, after adding the optional orchestration extra
 	$(UV) sync --frozen --compile-bytecode --extra orchestration
 	$(PY) -c "import prefect"  # fail, not skip, if the extra did not install
-	$(PY) -m pytest tests/test_orchestration.py
+	$(PY) -m pytest tests/test_orchestration.py tests/test_readme.py
 
 export: setup  ## regenerate the exported scripts from their notebooks
 	$(PY) scripts/export.py

@@ -27,13 +27,17 @@ HOMEWORK_MONTHS = [("green", 2021, m) for m in range(1, 6)]
 
 
 def shell_env(with_uv: bool = False) -> dict:
-    """A reader's environment: a plain PATH (with the uv that made this .venv, when asked), HOME,
-    TAXI_DATA_DIR; nothing of this test's own environment (no VIRTUAL_ENV, no AWS settings)."""
-    path = "/usr/local/bin:/usr/bin:/bin"
+    """A reader's environment: this one's PATH (without a virtual environment's bin, with the uv that
+    made this .venv when asked), HOME, locale, uv and pip settings, TAXI_DATA_DIR; none of the settings
+    the tests make for themselves (AWS, MLflow, Prefect, ports)."""
+    path = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(":")
+            if not (Path(p) / "activate").exists()]
     if with_uv:
-        path = f"{Path(local_stack.uv_binary()).parent}:{path}"
-    keep = ("HOME", "LANG", "TERM", "TAXI_DATA_DIR", "UV_CACHE_DIR", "CI")
-    return {**{name: os.environ[name] for name in keep if name in os.environ}, "PATH": path}
+        path.insert(0, str(Path(local_stack.uv_binary()).parent))
+    keep = {"HOME", "USER", "LANG", "TERM", "TZ", "TAXI_DATA_DIR", "CI", "PYTHONDONTWRITEBYTECODE"}
+    prefixes = ("UV_", "PIP_", "XDG_", "LC_", "SSL_")
+    env = {k: v for k, v in os.environ.items() if k in keep or k.startswith(prefixes)}
+    return {**env, "PATH": ":".join(path)}
 
 
 def running(pid: int) -> bool:
@@ -224,7 +228,7 @@ def test_every_skip_has_a_reason(readme):
     lines = text.splitlines()
     marked = []
     for number, line in enumerate(lines):
-        if "readme-test: skip" in line:
+        if line.strip().startswith("<!-- readme-test: skip"):
             fence = next(n for n in range(number + 1, len(lines)) if lines[n].strip())
             marked.append(fence + 1)
     assert [b.line for b in blocks if b.skip] == marked

@@ -294,6 +294,38 @@ def check_default_ports_free() -> None:
                             "use the default ports; stop what listens there")
 
 
+def test_a_broken_readme_fails_at_its_line(tmp_path):
+    """A copy of the project whose README.md has a typo in its first command: the README test names
+    that block's line, shows what make said, and runs nothing after it."""
+    project = tmp_path / "project"
+    copy_project(project)
+    readme = (project / "README.md").read_text()
+    assert readme.count("make tutorial   #") == 1
+    (project / "README.md").write_text(readme.replace("make tutorial   #", "make tutorail   #"))
+    line = next(n for n, text in enumerate(readme.splitlines(), 1) if text.startswith("make tutorial   #")) - 1
+    report = run_readme(project, "README.md", shell_env(), tmp_path / "logs", OWN_NETWORK)
+    assert [r.status for r in report.results if r.status != "skipped"][:2] == ["failed", "not run"]
+    assert report.failure_text().startswith(f"README.md:{line}: block failed")
+    assert "No rule to make target 'tutorail'" in report.failures[0].output
+    assert report.count("passed") == 0
+
+
+def test_a_server_that_answers_a_url(tmp_path):
+    port = local_stack.free_port()
+    report = run_sample(tmp_path, f"""\
+        <!-- readme-test: background until http://127.0.0.1:{port}/ -->
+        ```bash
+        python3 -m http.server {port} --bind 127.0.0.1
+        ```
+
+        ```bash
+        python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/').status)"  # prints: 200
+        ```
+    """)
+    assert report.failures == [], report.failure_text()
+    assert "GET / HTTP" in report.background_logs["README.md:2"]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(5400)
 @pytest.mark.parametrize("readme", READMES)

@@ -263,7 +263,8 @@ def stop_everything(session: int, token: str, grace: float = 10.0) -> None:
 def network_namespace_works() -> bool:
     """Whether `unshare -rn` can give the README a loopback of its own (default ports free, no network)."""
     try:
-        return subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=10).returncode == 0
+        probe = subprocess.run(["unshare", "-rn", "ip", "link", "set", "lo", "up"], capture_output=True, timeout=10)
+        return probe.returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -283,8 +284,9 @@ def run_readme(
     script_file = logs / "readme.sh"
     script_file.write_text(script(blocks, logs))
     output_file = logs / "output.log"
-    token = f"README_TEST_RUN={uuid.uuid4().hex}"
-    env = {**env, "README_TEST_STATUS": str(status_file), token.split("=")[0]: token.split("=")[1]}
+    run_id = uuid.uuid4().hex
+    token = f"README_TEST_RUN={run_id}"
+    env = {**env, "README_TEST_STATUS": str(status_file), "README_TEST_RUN": run_id}
     command = ["bash", str(script_file)]
     if own_network:
         command = ["unshare", "-rn", "bash", "-c", 'ip link set lo up && exec bash "$0"', str(script_file)]

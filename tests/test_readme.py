@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI, require_real_months
+from conftest import require_real_months
 from readme_blocks import ReadmeError, network_namespace_works, parse, run_readme, shows
 from ride_duration import local_stack
 

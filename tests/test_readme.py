@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import textwrap
 import time
@@ -23,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 READMES = ["README.md", "web-service/README.md", "streaming/README.md", "scripts/README.md", "homework/README.md"]
 DEFAULT_PORTS = [4200, 4566, 5000, 9696]  # Prefect, moto_server, MLflow, the web service
 OWN_NETWORK = network_namespace_works()
-HOMEWORK_MONTHS = [("green", 2021, m) for m in range(1, 6)]
+# What the READMEs' commands read: green 2021-01..05 (the tutorial, the backfills, the homework, the producer).
+REAL_MONTHS = [("green", 2021, m) for m in range(1, 6)]
 
 
 def shell_env(with_uv: bool = False) -> dict:
@@ -102,7 +104,7 @@ def test_blocks_run_in_one_session_in_order(tmp_path):
 
 
 def test_background_blocks_are_stopped_at_the_end(tmp_path):
-    text = SAMPLE.replace("time.sleep(600)", "open('pid', 'w').write(str(__import__('os').getpid())); time.sleep(600)")
+    text = SAMPLE.replace("time.sleep(600)", "import os; open('pid', 'w').write(str(os.getpid())); time.sleep(600)")
     report = run_sample(tmp_path, text)
     assert report.failures == [], report.failure_text()
     pid = int((tmp_path / "project" / "sub" / "pid").read_text())  # the session had gone into sub/
@@ -182,7 +184,7 @@ def test_a_server_that_dies_before_it_is_ready_fails(tmp_path):
 
 @pytest.mark.skipif(not OWN_NETWORK, reason="unshare -rn is not available here")
 def test_a_network_namespace_gives_the_readme_its_own_default_ports(tmp_path):
-    with __import__("socket").socket() as taken:
+    with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
@@ -285,8 +287,6 @@ def after_quickstart(tmp_path_factory):
 
 def check_default_ports_free() -> None:
     """Without a network namespace the README's servers take their default ports on this machine."""
-    import socket
-
     for port in DEFAULT_PORTS:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -331,7 +331,7 @@ def test_a_server_that_answers_a_url(tmp_path):
 @pytest.mark.parametrize("readme", READMES)
 def test_readme_commands_work(readme, tmp_path, request):
     """Every shell block of the README, run as written in a fresh copy, passes (or is marked skip)."""
-    require_real_months(*HOMEWORK_MONTHS)
+    require_real_months(*REAL_MONTHS)
     if not OWN_NETWORK:
         check_default_ports_free()
     if readme == "README.md":

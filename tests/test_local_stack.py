@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,7 +69,7 @@ def stack_env(tmp_path):
 
 def logs(env: dict) -> str:
     folder = env["LOCAL_STACK_DIR"]
-    return "\n".join(f"{name}.log:\n{local_stack.log_tail(ROOT / folder / f'{name}.log')}" for name in ("moto", "mlflow"))
+    return "\n".join(f"{name}.log:\n{local_stack.log_tail(Path(folder) / f'{name}.log')}" for name in ("moto", "mlflow"))
 
 
 def test_a_model_registered_in_server_mode_loads_after_stop_and_start(stack_env):
@@ -86,9 +87,10 @@ def test_a_model_registered_in_server_mode_loads_after_stop_and_start(stack_env)
     assert "running" not in status, status
 
     restarted = run([sys.executable, str(SCRIPT), "start"], stack_env, timeout=300)
-    assert "restored" in restarted.stdout, f"{restarted.stdout}\n{logs(stack_env)}"
     after = subprocess.run([sys.executable, "-c", LOAD], cwd=ROOT, env=reader, capture_output=True, text=True,
                            timeout=120)
-    assert after.returncode == 0, f"the model did not load after a restart:\n{after.stderr[-3000:]}\n{logs(stack_env)}"
+    assert after.returncode == 0, (f"the model did not load after a restart:\n{after.stderr[-3000:]}\n"
+                                   f"{restarted.stdout}\n{logs(stack_env)}")
     assert json.loads(after.stdout.splitlines()[-1]) == before
+    assert "restored" in restarted.stdout
     run([sys.executable, str(SCRIPT), "stop"], stack_env, timeout=120)

@@ -8,7 +8,9 @@ any batch job needs around it, shared with notebook 05 and the tests:
 - `atomic_parquet` writes to a temporary file and only then moves (local) or uploads (s3://) it:
   a failed run leaves nothing at the destination, a re-run replaces the output whole.
 - `output_info` reads the model version (and the synthetic label) from the output's parquet
-  metadata or S3 object metadata, so a backfill can skip a month without reading its rows.
+  metadata or S3 object metadata, so a backfill can skip a month without reading its rows;
+  `scored_already` is the one test of whether an existing output stands for a month.
+- `check_pickup_month` refuses a file whose rides belong to another month than the one asked for.
 """
 
 from __future__ import annotations
@@ -209,11 +211,13 @@ def open_month(
     *,
     input_file: str | Path | None = None,
     synthetic: bool | str = False,
+    allow_other_month: bool = False,
 ) -> MonthInput:
-    """Open a month for scoring without reading its rows yet.
+    """Open a month for scoring, reading only its pickup times (to check they are of that month).
 
     input_file: a parquet file to score instead of the core's data access (TAXI_DATA_DIR, then the
     TLC download). synthetic: as in ride_duration.data.read_month (False, True or "fallback").
+    allow_other_month: score a file whose pickups are mostly of another month anyway.
     Raises MonthNotAvailable, BadMonthFile or ValueError (unknown taxi type or month).
     """
     check_taxi_type(taxi_type)
@@ -227,7 +231,10 @@ def open_month(
             if synthetic == "fallback":
                 return _synthetic_input(taxi_type, year, month)
             raise
-    return _file_input(Path(input_file), taxi_type, year, month)
+    month_input = _file_input(Path(input_file), taxi_type, year, month)
+    if not allow_other_month:
+        check_pickup_month(month_input)
+    return month_input
 
 
 def _synthetic_input(taxi_type: str, year: int, month: int) -> MonthInput:
@@ -249,6 +256,45 @@ def _file_input(path: Path, taxi_type: str, year: int, month: int) -> MonthInput
         raise BadMonthFile(f"{path} is not a readable parquet file: {error}") from error
     synthetic = check_month_schema(path, parquet.schema_arrow, taxi_type)
     return MonthInput(taxi_type, year, month, str(path), synthetic, parquet.metadata.num_rows, _file=parquet)
+
+
+MIN_SHARE_IN_MONTH = 0.5  # real months have a few stray pickups (well under 1%); another month's file has almost none
+
+
+def pickup_ticks(month_input: MonthInput) -> tuple[np.ndarray, str]:
+    """The file's non-missing pickup times as int64 ticks, and their unit ("us", "ns", ...)."""
+    import pyarrow as pa
+
+    column = month_input._file.read(columns=[DATETIME_COLUMNS[month_input.taxi_type][0]]).column(0)
+    pickups = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if not pa.types.is_timestamp(pickups.type):
+        raise BadMonthFile(f"{month_input.source}: pickup times are {pickups.type}, not timestamps")
+    if pickups.null_count:
+        import pyarrow.compute as pc
+
+        pickups = pc.drop_null(pickups)
+    return numpy_values(pickups, np.int64), pickups.type.unit
+
+
+def check_pickup_month(month_input: MonthInput) -> None:
+    """Raise BadMonthFile if most pickups of the file are outside the month it is scored as, naming
+    the month they are of. A few strays (every TLC month has some, even from 2009) are fine."""
+    ticks, unit = pickup_ticks(month_input)
+    if ticks.size == 0:
+        return
+    year, month = month_input.year, month_input.month
+    start = np.datetime64(f"{year:04d}-{month:02d}", "M")
+    first, end = (np.datetime64(bound, unit).astype(np.int64) for bound in (start, start + 1))
+    share = np.count_nonzero((ticks >= first) & (ticks < end)) / ticks.size
+    if share >= MIN_SHARE_IN_MONTH:
+        return
+    months, counts = np.unique(ticks.astype(f"datetime64[{unit}]").astype("datetime64[M]"), return_counts=True)
+    found = months[counts.argmax()]
+    raise BadMonthFile(
+        f"{month_input.source} holds rides of {found} ({counts.max() / ticks.size:.0%} of its pickups), "
+        f"not of {year:04d}-{month:02d} (only {share:.1%} of them): score it as {found}, "
+        f"or pass --allow-other-month (allow_other_month=True) to score it as {year:04d}-{month:02d} anyway"
+    )
 
 
 def output_schema(taxi_type: str):
@@ -423,6 +469,41 @@ def output_info(destination: str | Path) -> dict | None:
 
 
 OUTPUT_INFO_FIELDS = ("model_version", "month", "synthetic")
+
+
+def scored_already(destination: str | Path, month_input: MonthInput, model_version: str) -> tuple[bool, str]:
+    """(done, why): whether the output at destination stands for this month as it would be scored now.
+
+    Done only if it is readable and says it holds the same month, scored from the same kind of rides
+    (real or synthetic) by the same model version; a local output must also have one row per ride
+    of the input. A backfill scores the month again otherwise, and `why` says what differed.
+    """
+    month = f"{month_input.taxi_type}/{month_input.year:04d}-{month_input.month:02d}"
+    source = "synthetic" if month_input.synthetic else "real"
+    try:
+        info = output_info(destination)
+        rows = None if info is None or is_s3(destination) else output_rows(destination)
+    except Exception as error:  # a footer that does not parse, or S3 refusing the request
+        return False, f"existing output unreadable ({type(error).__name__})"
+    if info is None:
+        return False, "no output yet"
+    if info["month"] != month:
+        return False, f"existing output holds {info['month'] or 'an unknown month'}"
+    existing_source = "synthetic" if info["synthetic"] else "real"
+    if existing_source != source:
+        return False, f"existing output was scored from {existing_source} rides, these are {source}"
+    if info["model_version"] != model_version:
+        return False, f"existing output is by {info['model_version'] or 'an unknown model'}"
+    if rows is not None and rows != month_input.num_rows:
+        return False, f"existing output has {rows:,} rows for {month_input.num_rows:,} rides"
+    return True, f"already scored by {model_version} from {source} rides"
+
+
+def output_rows(destination: str | Path) -> int:
+    """The row count in a local output's footer (raises if the footer does not parse)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(str(destination)).num_rows
 
 
 def decode_info(raw: dict) -> dict:

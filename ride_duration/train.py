@@ -244,10 +244,11 @@ def register_best(experiment: str = EXPERIMENT, name: str = REGISTERED_MODEL, al
 def model_data(model_id: str) -> dict:
     """What the run that logged this model trained and validated on: taxi_type, train_month, val_month,
     data_source (None where unknown, e.g. a model from another tracking store)."""
-    import mlflow
+    from mlflow import MlflowClient
 
+    client = MlflowClient(tracking_uri())
     try:
-        run = mlflow.get_run(mlflow.get_logged_model(model_id).source_run_id)
-    except Exception:
+        run = client.get_run(client.get_logged_model(model_id).source_run_id)
+    except Exception:  # not a model id, or not this tracking store's
         return {"taxi_type": None, "train_month": None, "val_month": None, "data_source": None}
     return {**validation_data(run), "train_month": run.data.params.get("train_month")}

@@ -169,6 +169,12 @@ def current_champion(name: str, alias: str):
         return None
 
 
+def version_model_id(version) -> str:
+    """The logged model ("m-...") behind a registered version: the embedded store leaves model_id empty,
+    its source ("models:/m-...") names it."""
+    return version.model_id or version.source.removeprefix("models:/")
+
+
 def judge(candidate, champion, metric: str) -> tuple[bool, str, float | None]:
     """(promote?, why, the champion's RMSE on the candidate's data) for a candidate run against a champion."""
     import mlflow
@@ -177,7 +183,7 @@ def judge(candidate, champion, metric: str) -> tuple[bool, str, float | None]:
     data, rmse_new = validation_data(candidate), candidate.data.metrics[metric]
     if champion is None:
         return True, "no version had the alias yet", None
-    if champion.model_id == candidate.outputs.model_outputs[0].model_id:
+    if version_model_id(champion) == candidate.outputs.model_outputs[0].model_id:
         return False, "the best comparable run is already the champion", None
     champion_run = mlflow.get_run(champion.run_id)
     champion_data = validation_data(champion_run)
@@ -190,7 +196,7 @@ def judge(candidate, champion, metric: str) -> tuple[bool, str, float | None]:
         rmse_old = champion_run.data.metrics[metric]
     else:
         try:
-            rmse_old = rmse_on(load_model(f"models:/{champion.model_id}").pipeline, data)
+            rmse_old = rmse_on(load_model(f"models:/{version_model_id(champion)}").pipeline, data)
         except Exception as error:  # the data or the champion cannot be had: keep what serves now
             return False, f"the champion could not be evaluated on {describe_data(data)}: {error}", None
     if rmse_new < rmse_old:
@@ -214,7 +220,7 @@ def register_best(experiment: str = EXPERIMENT, name: str = REGISTERED_MODEL, al
     candidate = best_run(experiment, metric)
     champion = current_champion(name, alias)
     promote, reason, champion_rmse = judge(candidate, champion, metric)
-    result = Promotion(promote, reason, champion.version if champion else None, candidate,
+    result = Promotion(promote, reason, str(champion.version) if champion else None, candidate,
                        candidate.data.metrics[metric], champion, champion_rmse)
     if not promote:
         return result
@@ -225,8 +231,8 @@ def register_best(experiment: str = EXPERIMENT, name: str = REGISTERED_MODEL, al
         "validation_data": describe_data(data),
         "data_source": data["data_source"] or "unknown",
         "train_month": candidate.data.params.get("train_month", "unknown"),
-        "replaced_version": champion.version if champion else "none",
-        "replaced_model_id": champion.model_id if champion else "none",
+        "replaced_version": str(champion.version) if champion else "none",
+        "replaced_model_id": version_model_id(champion) if champion else "none",
         f"replaced_{metric}_on_this_data": "not compared" if champion_rmse is None else repr(champion_rmse),
     }
     model_id = candidate.outputs.model_outputs[0].model_id
@@ -237,7 +243,7 @@ def register_best(experiment: str = EXPERIMENT, name: str = REGISTERED_MODEL, al
                    + (f" (replaced version {champion.version})." if champion else "."))
     client.update_model_version(name, version.version, description=description)
     client.set_registered_model_alias(name, alias, version.version)
-    result.version = version.version
+    result.version = str(version.version)
     return result
 
 

@@ -540,7 +540,8 @@ def test_month_range():
 
 
 def test_walkthrough_notebook_runs(registered_model, tmp_path):
-    """notebooks/05-batch.ipynb under papermill: papermill runs, a backfill (then all skipped), plots."""
+    """notebooks/05-batch.ipynb under papermill: papermill runs, a backfill (then all skipped), RMSE per month
+    with the in-sample months marked, plots."""
     import nbformat
     import papermill
 
@@ -559,6 +560,9 @@ def test_walkthrough_notebook_runs(registered_model, tmp_path):
     cells = nbformat.read(executed, as_version=4).cells
     text = "".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.outputs)
     assert text.count("skipped ") == 3  # the month papermill scored, then both on the second backfill
+    tables = "".join(o.get("data", {}).get("text/plain", "") for c in cells if c.cell_type == "code" for o in c.outputs)
+    assert "trained on 2021-01, validated on 2021-02" in text
+    assert "yes: validation month" in tables  # 2021-02 is the production model's validation month
     images = sum("image/png" in o.get("data", {}) for c in cells if c.cell_type == "code" for o in c.outputs)
     assert images == 3
 

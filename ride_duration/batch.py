@@ -10,7 +10,8 @@ any batch job needs around it, shared with notebook 05 and the tests:
 - `output_info` reads the model version (and the synthetic label) from the output's parquet
   metadata or S3 object metadata, so a backfill can skip a month without reading its rows;
   `scored_already` is the one test of whether an existing output stands for a month.
-- `check_pickup_month` refuses a file whose rides belong to another month than the one asked for.
+- `pickups_in_month` and `check_pickup_month` refuse a file whose rides are of another month than
+  the one asked for, counted as the batches are scored (no extra read unless it is refused).
 """
 
 from __future__ import annotations
@@ -211,13 +212,11 @@ def open_month(
     *,
     input_file: str | Path | None = None,
     synthetic: bool | str = False,
-    allow_other_month: bool = False,
 ) -> MonthInput:
-    """Open a month for scoring, reading only its pickup times (to check they are of that month).
+    """Open a month for scoring without reading its rows yet.
 
     input_file: a parquet file to score instead of the core's data access (TAXI_DATA_DIR, then the
     TLC download). synthetic: as in ride_duration.data.read_month (False, True or "fallback").
-    allow_other_month: score a file whose pickups are mostly of another month anyway.
     Raises MonthNotAvailable, BadMonthFile or ValueError (unknown taxi type or month).
     """
     check_taxi_type(taxi_type)
@@ -231,10 +230,7 @@ def open_month(
             if synthetic == "fallback":
                 return _synthetic_input(taxi_type, year, month)
             raise
-    month_input = _file_input(Path(input_file), taxi_type, year, month)
-    if not allow_other_month:
-        check_pickup_month(month_input)
-    return month_input
+    return _file_input(Path(input_file), taxi_type, year, month)
 
 
 def _synthetic_input(taxi_type: str, year: int, month: int) -> MonthInput:
@@ -261,14 +257,14 @@ def _file_input(path: Path, taxi_type: str, year: int, month: int) -> MonthInput
 MIN_SHARE_IN_MONTH = 0.5  # real months have a few stray pickups (well under 1%); another month's file has almost none
 
 
-def pickup_ticks(month_input: MonthInput) -> tuple[np.ndarray, str]:
-    """The file's non-missing pickup times as int64 ticks, and their unit ("us", "ns", ...)."""
+def timestamp_ticks(pickups) -> tuple[np.ndarray, str]:
+    """The non-missing values of an Arrow timestamp column as int64 ticks, and their unit ("us", ...)."""
     import pyarrow as pa
 
-    column = month_input._file.read(columns=[DATETIME_COLUMNS[month_input.taxi_type][0]]).column(0)
-    pickups = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if isinstance(pickups, pa.ChunkedArray):
+        pickups = pickups.chunk(0) if pickups.num_chunks == 1 else pickups.combine_chunks()
     if not pa.types.is_timestamp(pickups.type):
-        raise BadMonthFile(f"{month_input.source}: pickup times are {pickups.type}, not timestamps")
+        raise BadMonthFile(f"pickup times are {pickups.type}, not timestamps")
     if pickups.null_count:
         import pyarrow.compute as pc
 
@@ -276,24 +272,29 @@ def pickup_ticks(month_input: MonthInput) -> tuple[np.ndarray, str]:
     return numpy_values(pickups, np.int64), pickups.type.unit
 
 
-def check_pickup_month(month_input: MonthInput) -> None:
-    """Raise BadMonthFile if most pickups of the file are outside the month it is scored as, naming
-    the month they are of. A few strays (every TLC month has some, even from 2009) are fine."""
-    ticks, unit = pickup_ticks(month_input)
-    if ticks.size == 0:
-        return
-    year, month = month_input.year, month_input.month
+def pickups_in_month(pickups, year: int, month: int) -> tuple[int, int]:
+    """(pickups in year-month, pickups with a time) of an Arrow timestamp column."""
+    ticks, unit = timestamp_ticks(pickups)
     start = np.datetime64(f"{year:04d}-{month:02d}", "M")
     first, end = (np.datetime64(bound, unit).astype(np.int64) for bound in (start, start + 1))
-    share = np.count_nonzero((ticks >= first) & (ticks < end)) / ticks.size
-    if share >= MIN_SHARE_IN_MONTH:
+    return int(np.count_nonzero((ticks >= first) & (ticks < end))), int(ticks.size)
+
+
+def check_pickup_month(month_input: MonthInput, in_month: int, with_time: int) -> None:
+    """Raise BadMonthFile if fewer than half of the pickups counted are in the month the file is scored as,
+    naming the month most of them are of (read from the file only then). A few strays pass: every TLC
+    month has some, even from 2009."""
+    if with_time == 0 or in_month / with_time >= MIN_SHARE_IN_MONTH:
         return
+    pickup = DATETIME_COLUMNS[month_input.taxi_type][0]
+    table = month_input._table if month_input._table is not None else month_input._file.read(columns=[pickup])
+    ticks, unit = timestamp_ticks(table.column(pickup))
     months, counts = np.unique(ticks.astype(f"datetime64[{unit}]").astype("datetime64[M]"), return_counts=True)
-    found = months[counts.argmax()]
+    found, asked = months[counts.argmax()], f"{month_input.year:04d}-{month_input.month:02d}"
     raise BadMonthFile(
         f"{month_input.source} holds rides of {found} ({counts.max() / ticks.size:.0%} of its pickups), "
-        f"not of {year:04d}-{month:02d} (only {share:.1%} of them): score it as {found}, "
-        f"or pass --allow-other-month (allow_other_month=True) to score it as {year:04d}-{month:02d} anyway"
+        f"not of {asked} (only {in_month / with_time:.1%} of them): score it as {found}, "
+        f"or pass --allow-other-month (allow_other_month=True) to score it as {asked} anyway"
     )
 
 

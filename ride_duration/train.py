@@ -198,7 +198,8 @@ def judge(candidate, champion, metric: str) -> tuple[bool, str, float | None]:
         try:
             rmse_old = rmse_on(load_model(f"models:/{version_model_id(champion)}").pipeline, data)
         except Exception as error:  # the data or the champion cannot be had: keep what serves now
-            return False, f"the champion could not be evaluated on {describe_data(data)}: {error}", None
+            reason = " ".join(f"{type(error).__name__}: {error}".split())
+            return False, f"the champion could not be evaluated on {describe_data(data)}: {reason}", None
     if rmse_new < rmse_old:
         return True, f"{metric} {rmse_new:.4f} beats the champion's {rmse_old:.4f} on {describe_data(data)}", rmse_old
     return False, f"{metric} {rmse_new:.4f} does not beat the champion's {rmse_old:.4f} on {describe_data(data)}", rmse_old

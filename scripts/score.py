@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from ride_duration.batch import (MonthInput, arrow_array, atomic_parquet, default_output, fixed_width_strings,
-                                 open_month, output_info_for, output_schema, ride_columns, scored_already)
+from ride_duration.batch import (MonthInput, arrow_array, atomic_parquet, check_pickup_month, default_output,
+                                 fixed_width_strings, open_month, output_info_for, output_schema, pickups_in_month,
+                                 ride_columns, scored_already)
 from ride_duration.data import BadMonthFile, MonthNotAvailable, check_month
 from ride_duration.features import FastPredictor
 from ride_duration.model import ModelLoadError, load_model
@@ -83,11 +84,11 @@ def score_month(taxi_type: str, year: int, month: int, model, output_file: str |
     (and the fast path's vocabulary table).
     model: a model URI or an already loaded ride_duration.model.LoadedModel (a backfill loads it once).
     month_input: the month already opened by open_month (a backfill opens it to decide); else it is
-    opened here from input_file, synthetic and allow_other_month.
+    opened here from input_file and synthetic.
+    allow_other_month: write the rides as this month even if most of their pickups are of another.
     Raises MonthNotAvailable, BadMonthFile, ModelLoadError or ValueError; none leaves output behind.
     """
-    month_input = month_input or open_month(taxi_type, year, month, input_file=input_file or None,
-                                            synthetic=synthetic, allow_other_month=allow_other_month)
+    month_input = month_input or open_month(taxi_type, year, month, input_file=input_file or None, synthetic=synthetic)
     loading = time.perf_counter()
     model = load_model(model, without_sklearn=True) if isinstance(model, str) else model
     predictor = FastPredictor(model.pipeline)
@@ -96,11 +97,16 @@ def score_month(taxi_type: str, year: int, month: int, model, output_file: str |
     if month_input.synthetic:
         print(SYNTHETIC_BANNER.format(month=f"{taxi_type} {year:04d}-{month:02d}"), file=sys.stderr)
     info = output_info_for(model.version, taxi_type, year, month, month_input.synthetic)
-    rows = 0
+    rows = in_month = with_time = 0
     with atomic_parquet(destination, output_schema(taxi_type), info) as writer:
         for first_row, rides in month_input.batches():
-            writer.write_table(score_batch(rides, first_row, predictor, model.version, taxi_type, year, month))
+            scored = score_batch(rides, first_row, predictor, model.version, taxi_type, year, month)
+            writer.write_table(scored)
             rows += len(rides)
+            counts = pickups_in_month(scored.column(1), year, month)
+            in_month, with_time = in_month + counts[0], with_time + counts[1]
+        if not allow_other_month:
+            check_pickup_month(month_input, in_month, with_time)
     return {
         "month": f"{taxi_type}/{year:04d}-{month:02d}",
         "rows": rows,

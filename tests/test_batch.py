@@ -414,8 +414,11 @@ def test_another_months_file_is_refused_unless_allowed(model, tmp_path, capsys):
 @pytest.mark.parametrize("year, month", real_green_months(), ids=lambda v: f"{v:02d}")
 def test_every_real_month_passes_the_month_check_with_its_stray_pickups(year, month):
     path = Path(os.environ["TAXI_DATA_DIR"]) / month_filename("green", year, month)
-    batch.open_month("green", year, month, input_file=path)  # raises if refused
-    assert data.stray_pickups(read_month_file(path, "green"), "green", year, month) < 0.01 * pq.ParquetFile(path).metadata.num_rows
+    month_input = batch.open_month("green", year, month, input_file=path)
+    in_month, with_time = batch.pickups_in_month(pq.read_table(path).column("lpep_pickup_datetime"), year, month)
+    assert with_time == month_input.num_rows
+    batch.check_pickup_month(month_input, in_month, with_time)  # raises if refused
+    assert in_month == with_time - data.stray_pickups(read_month_file(path, "green"), "green", year, month)
 
 
 def month_file(folder: Path, year: int, month: int, *, synthetic: bool, n_rides: int = 500) -> Path:

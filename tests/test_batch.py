@@ -215,6 +215,11 @@ def test_s3_output_on_moto(registered_model, model, bucket, tmp_path):
                                   check_exact=True)
     info = batch.output_info(destination)
     assert info == {"model_version": registered_model["model_id"], "month": "green/2021-03", "synthetic": False}
+    march = batch.open_month("green", 2021, 3)
+    assert batch.scored_already(destination, march, registered_model["model_id"])[0]
+    assert batch.scored_already(destination, march, "m-other") == (False, f"existing output is by {registered_model['model_id']}")
+    assert batch.scored_already(destination.replace("2021-03", "2021-04"), march, registered_model["model_id"]) == (
+        False, "no output yet")
 
 
 def test_failed_s3_upload_leaves_nothing(model, bucket, monkeypatch):

@@ -51,6 +51,10 @@ MAX_ERROR_BACKOFF_SECONDS = 30.0  # the longest pause between invocations of a b
 EXIT_OK, EXIT_USAGE, EXIT_STOPPED, EXIT_RECORDS_FAILED = 0, 2, 3, 4
 
 
+def counted(n: int) -> str:
+    return f"{n} record" if n == 1 else f"{n} records"
+
+
 class CheckpointMismatch(RuntimeError):
     """The checkpoint file belongs to another stream (or an older stream of the same name)."""
 
@@ -95,7 +99,7 @@ class RunReport:
     stopped: str = ""  # why the run ended
 
     def summary(self) -> str:
-        return (f"{self.records} records read, {self.invocations} handler calls ({self.redeliveries} re-deliveries, "
+        return (f"{counted(self.records)} read, {self.invocations} handler calls ({self.redeliveries} re-deliveries, "
                 f"{self.error_retries} retries after errors), {self.failed} to the failure destination; "
                 f"stopped: {self.stopped}")
 
@@ -304,7 +308,7 @@ class Runner:
             attempt += 1
             self.report.redeliveries += 1
             delay = self.settings.retry_backoff * 2 ** (attempt - 1)
-            self.log(f"redeliver {shard} from {lowest} ({len(batch)} records) in {delay:g}s "
+            self.log(f"redeliver {shard} from {lowest} ({counted(len(batch))}) in {delay:g}s "
                      f"(retry {attempt} of {self.settings.max_retries})")
             time.sleep(delay)
 
@@ -332,7 +336,7 @@ class Runner:
         self.report.stopped = "invocation error"
         raise InvocationFailed(
             f"{shard}: the handler failed {s.error_retries + 1} times on the batch from sequence number "
-            f"{batch[0]['SequenceNumber']} ({len(batch)} records): {problem}\n"
+            f"{batch[0]['SequenceNumber']} ({counted(len(batch))}): {problem}\n"
             f"Nothing of that batch was checkpointed or sent to the failure destination: fix the cause and "
             f"run again to resume from the checkpoint."
         )
@@ -354,7 +358,7 @@ class Runner:
 
     def save(self, shard: str, records: list[dict], last: dict) -> None:
         self.checkpoint.save(shard, last["SequenceNumber"])
-        self.log(f"checkpoint {shard} {last['SequenceNumber']} ({len(records)} records)")
+        self.log(f"checkpoint {shard} {last['SequenceNumber']} ({counted(len(records))})")
 
 
 def run(handler, settings: RunnerSettings, client=None, log=print) -> RunReport:
@@ -401,10 +405,10 @@ def replay_main(argv) -> int:
     except (BotoCoreError, ClientError) as error:
         print(f"error: could not put the records on {args.stream}, {args.failures} is unchanged: {error}", file=sys.stderr)
         return EXIT_STOPPED
-    print(f"replayed {replayed} records from {args.failures} to {args.stream} "
+    print(f"replayed {counted(replayed)} from {args.failures} to {args.stream} "
           f"(moved to {args.failures.name}.replayed)", flush=True)
     if rejected:
-        print(f"error: {args.stream} kept rejecting {rejected} records; they stay in {args.failures}", file=sys.stderr)
+        print(f"error: {args.stream} kept rejecting {counted(rejected)}; they stay in {args.failures}", file=sys.stderr)
         return EXIT_STOPPED
     return EXIT_OK
 
@@ -466,7 +470,7 @@ def main(argv=None) -> int:
         return EXIT_STOPPED
     print(f"done: {report.summary()}", flush=True)
     if report.failed:
-        print(f"{report.failed} records failed every retry: see {settings.failure_stream or local_runner.failures.file}; "
+        print(f"{counted(report.failed)} failed every retry: see {settings.failure_stream or local_runner.failures.file}; "
               f"`runner.py replay` puts them back on the stream once their cause is fixed", flush=True)
         return EXIT_RECORDS_FAILED
     return EXIT_OK

@@ -202,3 +202,15 @@ def test_replay_to_a_missing_stream_keeps_the_failure_file(moto_url, tmp_path):
     result = subprocess.run([sys.executable, str(STREAMING / "runner.py"), "replay", "--failures", str(failures),
                              "--stream", "ride_events"], capture_output=True, text=True, timeout=60)
     assert result.returncode == runner.EXIT_USAGE and "failures.jsonl:1" in result.stderr
+
+
+@pytest.mark.parametrize("script, options", [
+    ("producer.py", ["--year", "2021", "--month", "1", "-n", "5", "--synthetic", "fallback"]),
+    ("consumer.py", ["--idle-seconds", "0.3"]),
+])
+def test_producer_and_consumer_say_clearly_when_the_stream_is_missing(moto_url, script, options):
+    missing = unique("no-such-stream")
+    result = subprocess.run([sys.executable, str(STREAMING / script), "--stream", missing, *options],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and missing in result.stderr and "ResourceNotFoundException" in result.stderr

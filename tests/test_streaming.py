@@ -712,3 +712,6 @@ def test_notebook_04_runs_the_whole_loop(registered_model, tmp_path):
     text = output.read_text()
     assert "300 predictions for 300 rides" in text
     assert "rides without a prediction: 0" in text
+    assert "the runner stopped:" in text and "ResourceNotFoundException" in text  # the outage
+    assert "checkpoint unchanged: True" in text and "records in the failure file: 2" in text
+    assert "100 records read" in text and "0 to the failure destination" in text  # the restart

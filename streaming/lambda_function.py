@@ -149,7 +149,7 @@ def lambda_handler(event, context):
     if rejected:
         raise PredictionsNotWritten(
             f"{stream} kept rejecting {len(rejected)} of {len(entries)} predictions (throttled?); "
-            f"the other {len(entries) - len(rejected)} are written and will not be written again"
+            f"the other {len(entries) - len(rejected)} are written, and a retry by this container writes only the rest"
         )
     logger.info("%d records: %d predictions written, %d bad records", len(records), len(entries), len(failed))
     return {"batchItemFailures": [{"itemIdentifier": s} for s in failed]}

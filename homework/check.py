@@ -114,10 +114,10 @@ def judge(question: str, variant: str, given: str, expected: dict) -> tuple[bool
         return False, f"{given!r} is neither a letter nor a number"
     if not math.isfinite(number):
         return False, f"{given!r} is refused: not a finite number"
-    tolerance = f"±{TOLERANCE[question]:g}"
+    within = f"within ±{TOLERANCE[question]:g} of the answer" if TOLERANCE[question] else "the exact answer"
     if within_tolerance(question, number, expected["value"]):
-        return True, f"{given} is within {tolerance} of the answer ({expected['answer']})"
-    return False, f"{given} is not within {tolerance} of the answer"
+        return True, f"{given} is {within} ({expected['answer']})"
+    return False, f"{given} is not {within}"
 
 
 def mark(answers: dict[str, str], variant: str) -> list[tuple[str, bool, str]]:

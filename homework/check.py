@@ -38,7 +38,8 @@ HINTS = {
     "q4": "follow release_steps in homework/registry_steps.py one call at a time: a rollback moves production "
           "back to what previous names, and then removes previous",
     "q5": "run scripts/score.py for 2021-04 with --model-uri homework/model and take the mean of predicted_duration",
-    "q6": "start gunicorn with MODEL_URI=$PWD/homework/model (gunicorn.conf.py moves into web-service/) and run python web-service/client.py: the duration field",
+    "q6": "start gunicorn with MODEL_URI=$PWD/homework/model (an absolute path: gunicorn.conf.py changes into web-service/) "
+          "and run python web-service/client.py: the duration field",
     "q7": "DRY_RUN=1 MODEL_URI=homework/model python streaming/lambda_function.py streaming/events/kinesis-sample.json: "
           "prediction.ride_duration",
     "q8": "add up the rows column of the backfill's summary: every ride of each month file is scored, strays included",

@@ -133,6 +133,7 @@ def scored_month(model, year: int, month: int, synthetic: bool, output: Path):
 
 def registry_answer() -> str:
     """Q4: the registry steps run in a throwaway MLflow store; then where the aliases lead."""
+    import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -153,6 +154,7 @@ def registry_answer() -> str:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         if saved is not None:
             os.environ["MLFLOW_TRACKING_URI"] = saved
+        mlflow.set_tracking_uri(saved or "")  # make_store pointed MLflow itself at the throwaway store
     return f"production is version {production}; {said}"
 
 

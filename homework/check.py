@@ -35,8 +35,8 @@ HINTS = {
           "(pandas' default, ddof=1); check you passed -p model_uri homework/model",
     "q2": "the size of that output file in MB, where 1 MB = 1,000,000 bytes (os.path.getsize(path) / 1e6)",
     "q3": "the export must leave out cells tagged notebook-only and the markdown, as scripts/export.py does",
-    "q4": "follow release_steps in homework/registry_steps.py one call at a time: a rollback moves production "
-          "back to what previous names, and then removes previous",
+    "q4": "follow release_steps in homework/registry_steps.py one call at a time, noting what each alias names "
+          "after each call (delete_registered_model_alias removes one)",
     "q5": "run scripts/score.py for 2021-04 with --model-uri homework/model and take the mean of predicted_duration",
     "q6": "start gunicorn with MODEL_URI=$PWD/homework/model (an absolute path: gunicorn.conf.py changes into web-service/) "
           "and run python web-service/client.py: the duration field",
@@ -100,7 +100,7 @@ def add_answer(answers: dict, question: str, answer: str, where) -> None:
         answers[question] = answer
 
 
-def judge(question: str, variant: str, given: str, expected: dict) -> tuple[bool, str]:
+def judge(question: str, given: str, expected: dict) -> tuple[bool, str]:
     """(right?, what to say) for one answer: a letter, or a number within the question's tolerance."""
     letter = given.strip().upper()
     if letter in LETTERS:
@@ -127,7 +127,7 @@ def mark(answers: dict[str, str], variant: str) -> list[tuple[str, bool, str]]:
     marks = []
     for question, expected in key.items():
         given = answers.get(question)
-        right, note = (False, "no answer") if given is None else judge(question, variant, given, expected)
+        right, note = (False, "no answer") if given is None else judge(question, given, expected)
         marks.append((question, right, note if right else f"{note}; hint: {HINTS[question]}"))
     return marks
 

@@ -270,3 +270,13 @@ def test_readme_says_how_many_records_the_stream_sample_has():
 
     count = len(send_events.sample_records(answers.STREAM_SAMPLE))
     assert f"holds {count} records" in readme_sections()["q9"]
+
+
+def test_readme_shows_what_the_checker_prints_for_its_example(tmp_path):
+    section = (ROOT / "homework" / "README.md").read_text().split("## Check your answers", 1)[1]
+    example, printed = re.findall(r"```text\n(.*?)```", section, flags=re.DOTALL)
+    (tmp_path / "my-answers.txt").write_text(example)
+    result = checker(str(tmp_path / "my-answers.txt"))
+    assert result.returncode == 1
+    for line in printed.splitlines():
+        assert line in result.stdout.splitlines(), line

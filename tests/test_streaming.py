@@ -664,7 +664,7 @@ def lambda_image(tmp_path_factory):
     try:
         return image.build(tmp_path_factory.mktemp("lambda-image"))
     except subprocess.CalledProcessError as error:
-        pytest.fail(f"could not lay out the Lambda image's packages from uv's cache: {error.stderr}")
+        pytest.fail(f"could not lay out the Lambda image's packages from its requirements file: {error.stderr}")
 
 
 def test_lambda_image_serves_the_sample_event_with_only_its_own_packages(lambda_image, registered_model, make_stream):

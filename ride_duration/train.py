@@ -12,7 +12,7 @@ from importlib.metadata import version
 import numpy as np
 
 from ride_duration.features import frame_features
-from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL, tracking_uri
+from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL, quiet_mlflow, tracking_uri
 
 EXPERIMENT = "ride-duration"
 # Pinned so that logging does not infer requirements (slow) and the model records what it needs.
@@ -41,7 +41,8 @@ def setup_tracking(experiment: str = EXPERIMENT) -> str:
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    existing = mlflow.get_experiment_by_name(experiment)
+    with quiet_mlflow():  # the first call creates a new store's tables
+        existing = mlflow.get_experiment_by_name(experiment)
     if existing is None:
         location = sqlite_artifact_location(uri)
         experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
@@ -78,12 +79,13 @@ def log_pipeline(pipeline, *, params: dict, metrics: dict, tags: dict, figure=No
         mlflow.set_tags(tags)
         if figure is not None:
             mlflow.log_figure(figure, "predicted_vs_actual.png")
-        return mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            pip_requirements=PIP_REQUIREMENTS,
-            serialization_format=SERIALIZATION_FORMAT,
-        )
+        with quiet_mlflow():
+            return mlflow.sklearn.log_model(
+                pipeline,
+                name="model",
+                pip_requirements=PIP_REQUIREMENTS,
+                serialization_format=SERIALIZATION_FORMAT,
+            )
 
 
 def best_run(experiment: str = EXPERIMENT, metric: str = "val_rmse"):
@@ -109,6 +111,7 @@ def register_best(experiment: str = EXPERIMENT, name: str = REGISTERED_MODEL, al
 
     run = best_run(experiment)
     model_id = run.outputs.model_outputs[0].model_id
-    version = mlflow.register_model(f"models:/{model_id}", name)
+    with quiet_mlflow():
+        version = mlflow.register_model(f"models:/{model_id}", name)
     MlflowClient().set_registered_model_alias(name, alias, version.version)
     return version

@@ -3,7 +3,8 @@
     python scripts/run_notebooks.py 01-train 02-register
     python scripts/run_notebooks.py 01-train -p train_month 3
 
-Stops at the first notebook that fails and says where its executed copy is.
+Stops at the first notebook that fails and says where its executed copy is. Says so when a notebook
+worked on a synthetic month, and names any library warning or log line that got into its outputs.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ def run_notebook(name: str, parameters: dict | None = None, output_dir: Path = R
     """Execute notebooks/<name>.ipynb with papermill (cwd notebooks/) and return the executed copy."""
     import papermill
 
+    from ride_duration.notebooks import kernel_config
+
     source = NOTEBOOKS / (name if name.endswith(".ipynb") else f"{name}.ipynb")
     output_dir.mkdir(parents=True, exist_ok=True)
     output = output_dir / source.name
     papermill.execute_notebook(
-        str(source), str(output), parameters=parameters or {}, cwd=str(NOTEBOOKS), progress_bar=False, log_output=False
+        str(source), str(output), parameters=parameters or {}, cwd=str(NOTEBOOKS), progress_bar=False, log_output=False,
+        config=kernel_config(),
     )
     return output
 
@@ -38,6 +42,17 @@ def parse_value(text: str):
         except ValueError:
             pass
     return text
+
+
+def report(output: Path) -> None:
+    """Tell the terminal what the executed copy says about its data, and any noise in it."""
+    from ride_duration.notebooks import noise, used_synthetic_data
+
+    if used_synthetic_data(output):
+        print("  SYNTHETIC data: a TLC month it needed was not available; its numbers are not NYC's", flush=True)
+    lines = noise(output)
+    if lines:
+        print(f"  {len(lines)} library warning or log line(s) in its outputs, the first:\n    {lines[0]}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -56,6 +71,7 @@ def main(argv=None) -> int:
             print(f"FAILED: {name}: {error}\n  executed copy: {RUNS / (name + '.ipynb')}", file=sys.stderr)
             return 1
         print(f"  done in {time.perf_counter() - started:.1f}s -> {output.relative_to(ROOT)}", flush=True)
+        report(output)
     return 0
 
 

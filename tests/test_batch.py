@@ -448,6 +448,8 @@ def test_walkthrough_notebook_runs(registered_model, tmp_path):
     import nbformat
     import papermill
 
+    from ride_duration.notebooks import noise
+
     output_root, runs = tmp_path / "output", tmp_path / "runs"
     executed = tmp_path / "05-batch.ipynb"
     with tracking_store(registered_model["tracking_uri"]):
@@ -465,6 +467,7 @@ def test_walkthrough_notebook_runs(registered_model, tmp_path):
     assert text.count("skipped ") == 3  # the month papermill scored, then both on the second backfill
     images = sum("image/png" in o.get("data", {}) for c in cells if c.cell_type == "code" for o in c.outputs)
     assert images == 3
+    assert [noise(path) for path in (executed, *runs.iterdir())] == [[], []]  # no library warnings or logs
 
 
 def test_local_output_has_the_usual_file_mode(tmp_path):

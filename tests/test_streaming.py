@@ -679,6 +679,8 @@ print(json.dumps({{"response": response, "package": ride_duration.__file__, "mlf
 def test_notebook_04_runs_the_whole_loop(registered_model, tmp_path):
     import papermill
 
+    from ride_duration.notebooks import noise
+
     output = tmp_path / "04-streaming.ipynb"
     with tracking_store(registered_model["tracking_uri"]):  # the kernel resolves the alias there
         papermill.execute_notebook(
@@ -689,3 +691,4 @@ def test_notebook_04_runs_the_whole_loop(registered_model, tmp_path):
     text = output.read_text()
     assert "300 predictions for 300 rides" in text
     assert "rides without a prediction: 0" in text
+    assert noise(output) == []  # no library warnings or logs

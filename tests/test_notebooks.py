@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, tracking_store
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from run_notebooks import run_notebook  # noqa: E402
+from run_notebooks import declared_parameters, parse_value, report, run_notebook  # noqa: E402
 
 from ride_duration.notebooks import noise  # noqa: E402
 
@@ -111,3 +111,23 @@ def test_the_noise_check_passes_our_own_notices(tmp_path):
         nbformat.v4.new_output("stream", name="stderr", text="record 998 rejected: data is not JSON\n"),
     ]
     assert noise(notebook_with_outputs(tmp_path / "ours.ipynb", ours)) == []
+
+
+
+def test_each_notebook_gets_only_the_parameters_it_declares():
+    train, batch = (declared_parameters(ROOT / "notebooks" / f"{name}.ipynb") for name in ("01-train", "05-batch"))
+    assert {"train_year", "train_month", "synthetic"} <= train and "save_images" not in train
+    assert {"backfill_from", "backfill_to", "save_images"} <= batch  # `a, b = ...` declares both
+    assert parse_value("True") is True and parse_value("3") == 3 and parse_value("2021-03") == "2021-03"
+
+
+def test_the_terminal_is_told_of_synthetic_data_and_of_noise(tmp_path, capsys):
+    import nbformat
+
+    synthetic = nbformat.v4.new_output("stream", name="stdout", text="*** SYNTHETIC DATA: results are not NYC's ***\n")
+    report(notebook_with_outputs(tmp_path / "synthetic.ipynb", [synthetic]))
+    assert "SYNTHETIC data" in capsys.readouterr().out
+    warned = nbformat.v4.new_output("stream", name="stderr", text="x.py:1: UserWarning: careful\n")
+    report(notebook_with_outputs(tmp_path / "warned.ipynb", [warned]))
+    printed = capsys.readouterr().out
+    assert "SYNTHETIC" not in printed and "cell 0: x.py:1: UserWarning: careful" in printed

@@ -13,7 +13,7 @@ from importlib.metadata import version
 import numpy as np
 
 from ride_duration.features import frame_features
-from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL, tracking_uri
+from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL, quiet_mlflow, tracking_uri
 
 EXPERIMENT = "ride-duration"
 # Pinned so that logging does not infer requirements (slow) and the model records what it needs.
@@ -42,7 +42,8 @@ def setup_tracking(experiment: str = EXPERIMENT) -> str:
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    existing = mlflow.get_experiment_by_name(experiment)
+    with quiet_mlflow():  # the first call creates a new store's tables
+        existing = mlflow.get_experiment_by_name(experiment)
     if existing is None:
         location = sqlite_artifact_location(uri)
         experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
@@ -79,12 +80,13 @@ def log_pipeline(pipeline, *, params: dict, metrics: dict, tags: dict, figure=No
         mlflow.set_tags(tags)
         if figure is not None:
             mlflow.log_figure(figure, "predicted_vs_actual.png")
-        return mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            pip_requirements=PIP_REQUIREMENTS,
-            serialization_format=SERIALIZATION_FORMAT,
-        )
+        with quiet_mlflow():
+            return mlflow.sklearn.log_model(
+                pipeline,
+                name="model",
+                pip_requirements=PIP_REQUIREMENTS,
+                serialization_format=SERIALIZATION_FORMAT,
+            )
 
 
 # What a run was validated on, as notebook 01 logs it: params taxi_type and val_month, tag data_source
@@ -237,7 +239,8 @@ def register_best(experiment: str = EXPERIMENT, name: str = REGISTERED_MODEL, al
         f"replaced_{metric}_on_this_data": "not compared" if champion_rmse is None else repr(champion_rmse),
     }
     model_id = candidate.outputs.model_outputs[0].model_id
-    version = mlflow.register_model(f"models:/{model_id}", name, tags=tags)
+    with quiet_mlflow():
+        version = mlflow.register_model(f"models:/{model_id}", name, tags=tags)
     client = MlflowClient()
     description = (f"Run {candidate.info.run_name or candidate.info.run_id}: {metric} {result.candidate_rmse:.4f} on "
                    f"{describe_data(data)}. Promoted to @{alias}: {reason}"

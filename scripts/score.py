@@ -150,7 +150,8 @@ def backfill(taxi_type: str, start: str, end: str, model, output_root: str = "ou
 
     model = load_model(model, without_sklearn=True) if isinstance(model, str) else model
     summary = []
-    for year, month in tqdm(months, desc=f"backfill {taxi_type}", unit="month"):
+    # disable=None: a progress bar on a terminal, none in a log file or a pipe
+    for year, month in tqdm(months, desc=f"backfill {taxi_type}", unit="month", disable=None):
         destination = default_output(taxi_type, year, month, output_root)
         row = {"month": f"{taxi_type}/{year:04d}-{month:02d}", "output": destination}
         try:

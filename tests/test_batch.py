@@ -553,6 +553,8 @@ def test_walkthrough_notebook_runs(registered_model, tmp_path):
     import nbformat
     import papermill
 
+    from ride_duration.notebooks import noise
+
     output_root, runs = tmp_path / "output", tmp_path / "runs"
     executed = tmp_path / "05-batch.ipynb"
     with tracking_store(registered_model["tracking_uri"]):
@@ -573,6 +575,7 @@ def test_walkthrough_notebook_runs(registered_model, tmp_path):
     assert "yes: validation month" in tables  # 2021-02 is the production model's validation month
     images = sum("image/png" in o.get("data", {}) for c in cells if c.cell_type == "code" for o in c.outputs)
     assert images == 3
+    assert [noise(path) for path in (executed, *runs.iterdir())] == [[], []]  # no library warnings or logs
 
 
 def test_local_output_has_the_usual_file_mode(tmp_path):

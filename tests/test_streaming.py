@@ -702,6 +702,8 @@ print(json.dumps({{"response": response, "package": ride_duration.__file__, "mlf
 def test_notebook_04_runs_the_whole_loop(registered_model, tmp_path):
     import papermill
 
+    from ride_duration.notebooks import noise
+
     output = tmp_path / "04-streaming.ipynb"
     with tracking_store(registered_model["tracking_uri"]):  # the kernel resolves the alias there
         papermill.execute_notebook(
@@ -715,3 +717,4 @@ def test_notebook_04_runs_the_whole_loop(registered_model, tmp_path):
     assert "the runner stopped:" in text and "ResourceNotFoundException" in text  # the outage
     assert "checkpoint unchanged: True" in text and "records in the failure file: 2" in text
     assert "100 records read" in text and "0 to the failure destination" in text  # the restart
+    assert noise(output) == []  # no library warnings or logs

@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PY := .venv/bin/python
 NOTEBOOKS := 01-train 02-register 03-web-service 04-streaming 05-batch
 
-.PHONY: setup tutorial test test-core test-orchestration export check-export bench stack-start stack-stop
+.PHONY: setup tutorial test test-core test-orchestration export check-export bench stack-start stack-stop images
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -39,6 +39,9 @@ check-export: setup  ## fail if a committed export differs from a fresh export
 
 bench: setup  ## measure ours against the course's way, side by side
 	$(PY) -m benchmarks
+
+images: setup  ## draw the diagrams in images/ (scripts/make_images.py --plots also redraws the batch plots)
+	$(PY) scripts/make_images.py
 
 stack-start: setup  ## start moto_server and the MLflow server on loopback
 	$(PY) scripts/local_stack.py start

@@ -4,20 +4,25 @@
     python homework/answers.py --variant synthetic   # homework/key-synthetic.json (no network needed)
 
 The key is computed in-process from the project's library (read_month, the fixed model, the
-batch writer), a different path from the one a learner takes (papermill, scripts/score.py, the
-web service, the Lambda handler). solution.ipynb takes the learner's path; the tests check that
-both agree and that the committed keys equal freshly computed ones.
+batch writer, the registry steps in a throwaway MLflow store, the Lambda handler behind the local
+event-source runner on a moto_server of its own, the schedule's cron expression), a different path
+from the one a learner takes (papermill, scripts/score.py, the web service, the command lines).
+solution.ipynb takes the learner's path; the tests check that both agree and that the committed
+keys equal freshly computed ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
+import math
+import os
 import subprocess
 import sys
 import tempfile
-import tomllib
+from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -26,8 +31,11 @@ MODEL_DIR = HERE / "model"
 MODEL_SHA256 = "8c2b16dcfcbd4458fd7ad4fc7c4bb43e41638591a7e78029282a1abb6831c7ee"  # of model/model.pkl
 EXAMPLE_RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40.0}  # the course's
 SAMPLE_EVENT = ROOT / "streaming" / "events" / "kinesis-sample.json"
+STREAM_SAMPLE = HERE / "stream-sample.jsonl"
 BACKFILL_MONTHS = [(2021, m) for m in range(1, 6)]
+SCHEDULE_AFTER = datetime(2021, 12, 15, 12, 0, tzinfo=timezone.utc)  # Q10: the next two runs after this
 VARIANTS = ("tlc", "synthetic")
+LETTERS = "ABCD"
 
 EXPORT_COMMANDS = {
     "A": "jupyter nbconvert --to script notebooks/score.ipynb --output-dir {out}",
@@ -38,18 +46,46 @@ EXPORT_COMMANDS = {
          "--TemplateExporter.exclude_input_prompt=True notebooks/score.ipynb --output-dir {out}",
 }
 
-# Options per question and variant (in homework/README.md too; a test checks they agree).
-# Numeric options: the closest one is the answer.
+# The choices of the questions answered with a letter, as homework/README.md shows them.
+REGISTRY_CHOICES = {
+    "A": "production is version 3; previous is version 2",
+    "B": "production is version 2; previous names no version",
+    "C": "production is version 2; previous is version 1",
+    "D": "production is version 1; previous is version 2",
+}
+STREAM_CHOICES = {
+    "A": "12 predictions, 0 failures",
+    "B": "17 predictions, 5 failures",
+    "C": "7 predictions, 15 failures",
+    "D": "7 predictions, 5 failures",
+}
+SCHEDULE_CHOICES = {
+    "A": "2022-01-02 06:00 (scores 2021-12), 2022-02-02 06:00 (scores 2022-01)",
+    "B": "2021-12-02 06:00 (scores 2021-11), 2022-01-02 06:00 (scores 2021-12)",
+    "C": "2022-01-02 06:00 (scores 2022-01), 2022-02-02 06:00 (scores 2022-02)",
+    "D": "2022-01-06 02:00 (scores 2021-12), 2022-02-06 02:00 (scores 2022-01)",
+}
+CHOICES = {"q3": EXPORT_COMMANDS, "q4": REGISTRY_CHOICES, "q9": STREAM_CHOICES, "q10": SCHEDULE_CHOICES}
+
+# Options per question and variant (in homework/README.md too; a test checks they agree). A letter
+# question's options are its letters; a numeric question's are numbers, one of them the answer.
 OPTIONS = {
     "q1": {"tlc": [3.2, 6.4, 9.5, 12.7], "synthetic": [2.9, 5.8, 8.7, 11.6]},
     "q2": {"tlc": [0.8, 1.6, 3.3, 6.6], "synthetic": [1.2, 2.5, 5.0, 10.0]},
-    "q3": {"tlc": list(EXPORT_COMMANDS), "synthetic": list(EXPORT_COMMANDS)},
-    "q4": {"tlc": ["629cada3", "0f6a0c3e", "5d2c6f8e", "9e8d7c6b"], "synthetic": ["629cada3", "0f6a0c3e", "5d2c6f8e", "9e8d7c6b"]},
+    "q3": {"tlc": list(LETTERS), "synthetic": list(LETTERS)},
+    "q4": {"tlc": list(LETTERS), "synthetic": list(LETTERS)},
     "q5": {"tlc": [11.9, 14.4, 16.9, 19.4], "synthetic": [16.5, 19.0, 21.5, 24.0]},
     "q6": {"tlc": [5.8, 15.8, 25.8, 35.8], "synthetic": [5.8, 15.8, 25.8, 35.8]},
     "q7": {"tlc": [12.3, 16.4, 20.5, 24.6], "synthetic": [12.3, 16.4, 20.5, 24.6]},
     "q8": {"tlc": [400_038, 411_527, 450_000, 500_000], "synthetic": [300_000, 350_000, 400_038, 450_000]},
+    "q9": {"tlc": list(LETTERS), "synthetic": list(LETTERS)},
+    "q10": {"tlc": list(LETTERS), "synthetic": list(LETTERS)},
 }
+
+# A numeric answer is right when it is within this of the computed value (README: "Tolerance: ±x").
+# Each is wide enough for the option itself and for last-digit differences between machines, and
+# narrower than the gap to any other option (a test checks both).
+TOLERANCE = {"q1": 0.1, "q2": 0.1, "q5": 0.1, "q6": 0.1, "q7": 0.1, "q8": 0}
 
 
 def model_sha256() -> str:
@@ -66,12 +102,22 @@ def fixed_model():
     return load_model(str(MODEL_DIR))
 
 
-def closest(options: list, value) -> str:
-    """The letter of the option closest to value (exact match for text options)."""
-    letters = "ABCD"
-    if isinstance(value, str):
-        return letters[options.index(value)] if value in options else ""
-    return letters[min(range(len(options)), key=lambda i: abs(options[i] - value))]
+def closest(options: list, value: float) -> str:
+    """The letter of the numeric option closest to value: the key's letter for a computed number."""
+    return LETTERS[min(range(len(options)), key=lambda i: abs(options[i] - value))]
+
+
+def within_tolerance(question: str, given: float, value: float) -> bool:
+    """Whether a learner's number counts as the computed value: finite and within the question's tolerance."""
+    return math.isfinite(given) and abs(given - value) <= TOLERANCE[question] * (1 + 1e-9)  # the bound itself counts
+
+
+def choice_letter(question: str, text: str) -> str:
+    """The letter whose choice reads text; an error if none does (the options would be wrong)."""
+    letters = [letter for letter, choice in CHOICES[question].items() if choice == text]
+    if not letters:
+        raise RuntimeError(f"{question}: the computed answer {text!r} is none of the choices")
+    return letters[0]
 
 
 def scored_month(model, year: int, month: int, synthetic: bool, output: Path):
@@ -85,10 +131,136 @@ def scored_month(model, year: int, month: int, synthetic: bool, output: Path):
     return read_output(str(output))
 
 
-def lock_sdist_hash(package: str = "scikit-learn") -> str:
-    lock = tomllib.loads((ROOT / "uv.lock").read_text())
-    entry = next(p for p in lock["package"] if p["name"] == package)
-    return entry["sdist"]["hash"].split(":", 1)[1][:8]
+def registry_answer() -> str:
+    """Q4: the registry steps run in a throwaway MLflow store; then where the aliases lead."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    import registry_steps
+    from ride_duration.model import load_model
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            registry_steps.make_store(Path(folder) / "store")
+            production = load_model(f"models:/{registry_steps.NAME}@production").registered_version.split("/")[1]
+            try:
+                previous = MlflowClient().get_model_version_by_alias(registry_steps.NAME, "previous").version
+                said = f"previous is version {previous}"
+            except MlflowException:
+                said = "previous names no version"
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+        mlflow.set_tracking_uri(saved or "")  # make_store pointed MLflow itself at the throwaway store
+    return f"production is version {production}; {said}"
+
+
+def stream_answer() -> str:
+    """Q9: the sample through the local event-source runner and the Lambda handler, on a moto_server of
+    its own; then what reached the predictions stream and the failure file."""
+    import boto3
+
+    sys.path.insert(0, str(ROOT / "streaming"))
+    import lambda_function
+    import runner
+    import send_events
+    from ride_duration import local_stack
+    from ride_duration.kinesis import read_stream
+
+    settings = {**local_stack.LOCAL_AWS_ENV, "MODEL_URI": str(MODEL_DIR), "PREDICTIONS_STREAM_NAME": "homework_predictions"}
+    with tempfile.TemporaryDirectory() as folder:
+        port = local_stack.free_port()
+        moto = local_stack.start_moto(port, Path(folder) / "moto.log")
+        saved = {name: os.environ.get(name) for name in [*settings, "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"]}
+        try:
+            os.environ.update({**settings, **local_stack.aws_env(f"http://{local_stack.HOST}:{port}")})
+            lambda_function.reset_container()
+            kinesis = boto3.client("kinesis")
+            for stream in ("homework_events", "homework_predictions"):
+                kinesis.create_stream(StreamName=stream, ShardCount=1)
+                kinesis.get_waiter("stream_exists").wait(StreamName=stream)
+            send_events.send(kinesis, "homework_events", STREAM_SAMPLE)
+            checkpoint = Path(folder) / "checkpoint.json"
+            runner.run(lambda_function.lambda_handler,
+                       runner.RunnerSettings(stream="homework_events", checkpoint=checkpoint, idle_seconds=1.0),
+                       client=kinesis, log=lambda line: None)
+            predictions = len(list(read_stream(kinesis, "homework_predictions", max_seconds=30, idle_seconds=1.0)))
+            failures = len(checkpoint.with_suffix(".failures.jsonl").read_text().splitlines())
+        finally:
+            lambda_function.reset_container()
+            for name, value in saved.items():
+                os.environ.pop(name, None)
+                if value is not None:
+                    os.environ[name] = value
+            local_stack.stop(moto)
+    return f"{predictions} predictions, {failures} failures"
+
+
+def orchestration_schedule() -> dict:
+    """MONTHLY_CRON and month_to_score as scripts/orchestrate.py defines them, read from its source,
+    since importing it needs Prefect (an optional extra)."""
+    source = (ROOT / "scripts" / "orchestrate.py").read_text()
+    wanted = {"MONTHLY_CRON", "month_to_score"}
+    nodes = [
+        node for node in ast.parse(source).body
+        if (isinstance(node, ast.FunctionDef) and node.name in wanted)
+        or (isinstance(node, ast.Assign) and {getattr(t, "id", None) for t in node.targets} & wanted)
+    ]
+    namespace = {"date": date}
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), "scripts/orchestrate.py", "exec"), namespace)
+    return {name: namespace[name] for name in wanted}
+
+
+def cron_values(field: str, low: int, high: int) -> set[int]:
+    """The values one cron field allows: `*`, `n`, `a-b`, a step `*/s` or `a-b/s`, and lists of them."""
+    values = set()
+    for part in field.split(","):
+        span, _, step = part.partition("/")
+        if span == "*":
+            first, last = low, high
+        elif "-" in span:
+            first, last = (int(v) for v in span.split("-"))
+        else:
+            first = last = int(span)
+        if not low <= first <= last <= high:
+            raise ValueError(f"cron field {field!r}: {part!r} is outside {low}-{high}")
+        values.update(range(first, last + 1, int(step) if step else 1))
+    return values
+
+
+def next_runs(cron: str, after: datetime, count: int) -> list[datetime]:
+    """The next count times after `after` (strictly) that a five-field cron expression fires, in after's
+    timezone. As in cron, when both day of month and day of week are restricted, either one matching is
+    enough."""
+    minute, hour, day, month, weekday = cron.split()
+    minutes, hours = sorted(cron_values(minute, 0, 59)), sorted(cron_values(hour, 0, 23))
+    days, months = cron_values(day, 1, 31), cron_values(month, 1, 12)
+    weekdays = {d % 7 for d in cron_values(weekday, 0, 7)}  # 0 and 7 are Sunday
+    either = not day.startswith("*") and not weekday.startswith("*")
+    runs, current = [], after.date()
+    for _ in range(366 * 28):  # every calendar pattern repeats within 28 years
+        by_day, by_weekday = current.day in days, (current.isoweekday() % 7) in weekdays
+        if current.month in months and ((by_day or by_weekday) if either else (by_day and by_weekday)):
+            for h in hours:
+                for m in minutes:
+                    run = datetime.combine(current, time(h, m), tzinfo=after.tzinfo)
+                    if run > after:
+                        runs.append(run)
+                        if len(runs) == count:
+                            return runs
+        current += timedelta(days=1)
+    raise ValueError(f"cron {cron!r} fires fewer than {count} times in 28 years after {after}")
+
+
+def schedule_answer() -> str:
+    """Q10: the project's monthly schedule, its next two runs after SCHEDULE_AFTER and the months they score."""
+    schedule = orchestration_schedule()
+    runs = next_runs(schedule["MONTHLY_CRON"], SCHEDULE_AFTER, 2)
+    scored = [schedule["month_to_score"](run.date()) for run in runs]
+    return ", ".join(f"{run:%Y-%m-%d %H:%M} (scores {y:04d}-{m:02d})" for run, (y, m) in zip(runs, scored))
 
 
 def export_command() -> str:
@@ -112,6 +284,8 @@ def normalise(script: str) -> str:
 
 def compute_key(variant: str) -> dict:
     """Every answer, computed from the project's library."""
+    import base64
+
     import numpy as np
 
     from ride_duration.data import read_month
@@ -120,8 +294,6 @@ def compute_key(variant: str) -> dict:
     synthetic = variant == "synthetic"
     model = fixed_model()
     event = json.loads(SAMPLE_EVENT.read_text())
-    import base64
-
     sample = json.loads(base64.b64decode(event["Records"][0]["kinesis"]["data"]))
     with tempfile.TemporaryDirectory() as folder:
         march = Path(folder) / "green-2021-03.parquet"
@@ -130,18 +302,24 @@ def compute_key(variant: str) -> dict:
         values = {
             "q1": float(np.std(march_rows["predicted_duration"].to_numpy(), ddof=1)),
             "q2": march.stat().st_size / 1e6,
-            "q3": None,
-            "q4": lock_sdist_hash(),
             "q5": float(april["predicted_duration"].mean()),
             "q6": float(model.pipeline.predict([ride_features(EXAMPLE_RIDE)])[0]),
             "q7": float(FastPredictor(model.pipeline).predict_rides([sample["ride"]])[0]),
             "q8": sum(len(read_month("green", y, m, synthetic=synthetic)) for y, m in BACKFILL_MONTHS),
         }
     values["q3"] = export_command()
+    values["q4"] = registry_answer()
+    values["q9"] = stream_answer()
+    values["q10"] = schedule_answer()
     answers = {}
-    for question, value in values.items():
-        options = OPTIONS[question][variant]
-        letter = value if question == "q3" else closest(options, value)
+    for question in OPTIONS:
+        value = values[question]
+        if question == "q3":
+            letter = value
+        elif question in CHOICES:
+            letter = choice_letter(question, value)
+        else:
+            letter = closest(OPTIONS[question][variant], value)
         answers[question] = {"value": value, "answer": letter}
     return {"variant": variant, "model_id": model.model_id, "model_sha256": MODEL_SHA256, "answers": answers}
 

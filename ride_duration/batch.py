@@ -8,7 +8,10 @@ any batch job needs around it, shared with notebook 05 and the tests:
 - `atomic_parquet` writes to a temporary file and only then moves (local) or uploads (s3://) it:
   a failed run leaves nothing at the destination, a re-run replaces the output whole.
 - `output_info` reads the model version (and the synthetic label) from the output's parquet
-  metadata or S3 object metadata, so a backfill can skip a month without reading its rows.
+  metadata or S3 object metadata, so a backfill can skip a month without reading its rows;
+  `scored_already` is the one test of whether an existing output stands for a month.
+- `pickups_in_month` and `check_pickup_month` refuse a file whose rides are of another month than
+  the one asked for, counted as the batches are scored (no extra read unless it is refused).
 """
 
 from __future__ import annotations
@@ -251,6 +254,50 @@ def _file_input(path: Path, taxi_type: str, year: int, month: int) -> MonthInput
     return MonthInput(taxi_type, year, month, str(path), synthetic, parquet.metadata.num_rows, _file=parquet)
 
 
+MIN_SHARE_IN_MONTH = 0.5  # real months have a few stray pickups (well under 1%); another month's file has almost none
+
+
+def timestamp_ticks(pickups) -> tuple[np.ndarray, str]:
+    """The non-missing values of an Arrow timestamp column as int64 ticks, and their unit ("us", ...)."""
+    import pyarrow as pa
+
+    if isinstance(pickups, pa.ChunkedArray):
+        pickups = pickups.chunk(0) if pickups.num_chunks == 1 else pickups.combine_chunks()
+    if not pa.types.is_timestamp(pickups.type):
+        raise BadMonthFile(f"pickup times are {pickups.type}, not timestamps")
+    if pickups.null_count:
+        import pyarrow.compute as pc
+
+        pickups = pc.drop_null(pickups)
+    return numpy_values(pickups, np.int64), pickups.type.unit
+
+
+def pickups_in_month(pickups, year: int, month: int) -> tuple[int, int]:
+    """(pickups in year-month, pickups with a time) of an Arrow timestamp column."""
+    ticks, unit = timestamp_ticks(pickups)
+    start = np.datetime64(f"{year:04d}-{month:02d}", "M")
+    first, end = (np.datetime64(bound, unit).astype(np.int64) for bound in (start, start + 1))
+    return int(np.count_nonzero((ticks >= first) & (ticks < end))), int(ticks.size)
+
+
+def check_pickup_month(month_input: MonthInput, in_month: int, with_time: int) -> None:
+    """Raise BadMonthFile if fewer than half of the pickups counted are in the month the file is scored as,
+    naming the month most of them are of (read from the file only then). A few strays pass: every TLC
+    month has some, even from 2009."""
+    if with_time == 0 or in_month / with_time >= MIN_SHARE_IN_MONTH:
+        return
+    pickup = DATETIME_COLUMNS[month_input.taxi_type][0]
+    table = month_input._table if month_input._table is not None else month_input._file.read(columns=[pickup])
+    ticks, unit = timestamp_ticks(table.column(pickup))
+    months, counts = np.unique(ticks.astype(f"datetime64[{unit}]").astype("datetime64[M]"), return_counts=True)
+    found, asked = months[counts.argmax()], f"{month_input.year:04d}-{month_input.month:02d}"
+    raise BadMonthFile(
+        f"{month_input.source} holds rides of {found} ({counts.max() / ticks.size:.0%} of its pickups), "
+        f"not of {asked} (only {in_month / with_time:.1%} of them): score it as {found}, "
+        f"or pass --allow-other-month (allow_other_month=True) to score it as {asked} anyway"
+    )
+
+
 def output_schema(taxi_type: str):
     """The fixed batch output columns (DESIGN.md), with the taxi type's pickup column name."""
     import pyarrow as pa
@@ -423,6 +470,41 @@ def output_info(destination: str | Path) -> dict | None:
 
 
 OUTPUT_INFO_FIELDS = ("model_version", "month", "synthetic")
+
+
+def scored_already(destination: str | Path, month_input: MonthInput, model_version: str) -> tuple[bool, str]:
+    """(done, why): whether the output at destination stands for this month as it would be scored now.
+
+    Done only if it is readable and says it holds the same month, scored from the same kind of rides
+    (real or synthetic) by the same model version; a local output must also have one row per ride
+    of the input. A backfill scores the month again otherwise, and `why` says what differed.
+    """
+    month = f"{month_input.taxi_type}/{month_input.year:04d}-{month_input.month:02d}"
+    source = "synthetic" if month_input.synthetic else "real"
+    try:
+        info = output_info(destination)
+        rows = None if info is None or is_s3(destination) else output_rows(destination)
+    except Exception as error:  # a footer that does not parse, or S3 refusing the request
+        return False, f"existing output unreadable ({type(error).__name__})"
+    if info is None:
+        return False, "no output yet"
+    if info["month"] != month:
+        return False, f"existing output holds {info['month'] or 'an unknown month'}"
+    existing_source = "synthetic" if info["synthetic"] else "real"
+    if existing_source != source:
+        return False, f"existing output was scored from {existing_source} rides, these are {source}"
+    if info["model_version"] != model_version:
+        return False, f"existing output is by {info['model_version'] or 'an unknown model'}"
+    if rows is not None and rows != month_input.num_rows:
+        return False, f"existing output has {rows:,} rows for {month_input.num_rows:,} rides"
+    return True, f"already scored by {model_version} from {source} rides"
+
+
+def output_rows(destination: str | Path) -> int:
+    """The row count in a local output's footer (raises if the footer does not parse)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(str(destination)).num_rows
 
 
 def decode_info(raw: dict) -> dict:

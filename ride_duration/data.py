@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import calendar
 import os
-import warnings
+import sys
 import zlib
 from pathlib import Path
 
@@ -75,7 +75,7 @@ def data_dir() -> Path:
 def download(url: str, dest: Path, timeout: float = 30) -> Path:
     """Download to a temporary name beside dest, then rename: dest is whole or absent."""
     import requests
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
@@ -138,7 +138,7 @@ def read_month(
         path = locate_month(taxi_type, year, month, allow_download=allow_download)
     except MonthNotAvailable as error:
         if synthetic == "fallback":
-            warnings.warn(f"using a SYNTHETIC month instead: {error}", stacklevel=2)
+            print(f"*** using a SYNTHETIC month instead: {error}", file=sys.stderr)  # a notice, not a fault
             return synthetic_month(taxi_type, year, month)
         raise
     return read_month_file(path, taxi_type)

@@ -7,6 +7,7 @@ each service is started and health-checked).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -29,7 +30,8 @@ ARTIFACT_BUCKET = "mlflow-artifacts"
 
 
 class ServiceFailed(RuntimeError):
-    """A service did not come up; the message carries the end of its log."""
+    """A local service failed: it did not come up (the message carries the end of its log), or its state
+    could not be saved."""
 
 
 def free_port() -> int:
@@ -140,6 +142,51 @@ def ensure_bucket(bucket: str = ARTIFACT_BUCKET) -> None:
         s3.head_bucket(Bucket=bucket)
     except s3.exceptions.ClientError:
         s3.create_bucket(Bucket=bucket)
+
+
+def save_buckets(folder: Path) -> int:
+    """Copy every S3 bucket of the endpoint, object by object, into folder (replacing what it held);
+    moto_server keeps them in memory only. Returns the number of objects saved."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    staging = folder.with_name(folder.name + ".part")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "objects").mkdir(parents=True)
+    manifest = {"buckets": [], "objects": []}
+    for bucket in s3.list_buckets()["Buckets"]:
+        manifest["buckets"].append(bucket["Name"])
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"]):
+            for item in page.get("Contents", []):
+                head = s3.head_object(Bucket=bucket["Name"], Key=item["Key"])
+                file = f"{len(manifest['objects'])}"
+                s3.download_file(bucket["Name"], item["Key"], str(staging / "objects" / file))
+                manifest["objects"].append({"bucket": bucket["Name"], "key": item["Key"], "file": file,
+                                            "content_type": head.get("ContentType"),
+                                            "metadata": head.get("Metadata", {})})
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return len(manifest["objects"])
+
+
+def restore_buckets(folder: Path) -> int:
+    """Put back what save_buckets saved in folder (nothing if it saved nothing); returns the object count."""
+    import boto3
+
+    manifest_file = folder / "manifest.json"
+    if not manifest_file.exists():
+        return 0
+    manifest = json.loads(manifest_file.read_text())
+    s3 = boto3.client("s3")
+    for bucket in manifest["buckets"]:
+        ensure_bucket(bucket)
+    for item in manifest["objects"]:
+        extra = {"Metadata": item["metadata"]}
+        if item["content_type"]:
+            extra["ContentType"] = item["content_type"]
+        s3.upload_file(str(folder / "objects" / item["file"]), item["bucket"], item["key"], ExtraArgs=extra)
+    return len(manifest["objects"])
 
 
 def start_mlflow(port: int, log: Path, backend_uri: str, artifact_root: str, env: dict | None = None):

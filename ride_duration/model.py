@@ -9,8 +9,10 @@ when the tracking server is down.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -25,6 +27,31 @@ PRODUCTION_ALIAS = "production"
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set (server mode), else the project's embedded sqlite database."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+# MLflow's log lines that tell a reader of this tutorial nothing, by logger: the caution about pickle
+# (chosen on purpose, ride_duration/train.py says why), no pip version to record (uv's venvs have no
+# pip), creating the tables of a new store, and waiting for a model version that is ready at once.
+MLFLOW_CHATTER = {
+    "mlflow.sklearn": logging.ERROR,
+    "mlflow.utils.environment": logging.ERROR,
+    "mlflow.store.db.utils": logging.WARNING,
+    "mlflow.store.model_registry.abstract_store": logging.WARNING,
+}
+
+
+@contextmanager
+def quiet_mlflow():
+    """Raise MLFLOW_CHATTER's loggers to their levels inside the block, then restore them."""
+    loggers = {logging.getLogger(name): level for name, level in MLFLOW_CHATTER.items()}
+    saved = {logger: logger.level for logger in loggers}
+    for logger, level in loggers.items():
+        logger.setLevel(max(level, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for logger, level in saved.items():
+            logger.setLevel(level)
 
 
 class ModelLoadError(RuntimeError):

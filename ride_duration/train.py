@@ -6,13 +6,14 @@ in seconds without running a notebook.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from importlib.metadata import version
 
 import numpy as np
 
 from ride_duration.features import frame_features
-from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL, tracking_uri
+from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL, quiet_mlflow, tracking_uri
 
 EXPERIMENT = "ride-duration"
 # Pinned so that logging does not infer requirements (slow) and the model records what it needs.
@@ -41,7 +42,8 @@ def setup_tracking(experiment: str = EXPERIMENT) -> str:
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    existing = mlflow.get_experiment_by_name(experiment)
+    with quiet_mlflow():  # the first call creates a new store's tables
+        existing = mlflow.get_experiment_by_name(experiment)
     if existing is None:
         location = sqlite_artifact_location(uri)
         experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
@@ -78,37 +80,185 @@ def log_pipeline(pipeline, *, params: dict, metrics: dict, tags: dict, figure=No
         mlflow.set_tags(tags)
         if figure is not None:
             mlflow.log_figure(figure, "predicted_vs_actual.png")
-        return mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            pip_requirements=PIP_REQUIREMENTS,
-            serialization_format=SERIALIZATION_FORMAT,
-        )
+        with quiet_mlflow():
+            return mlflow.sklearn.log_model(
+                pipeline,
+                name="model",
+                pip_requirements=PIP_REQUIREMENTS,
+                serialization_format=SERIALIZATION_FORMAT,
+            )
 
 
-def best_run(experiment: str = EXPERIMENT, metric: str = "val_rmse"):
-    """The finished run with the lowest validation RMSE that logged a model."""
+# What a run was validated on, as notebook 01 logs it: params taxi_type and val_month, tag data_source
+# ("tlc" for real TLC months, "synthetic" for the generated stand-in). RMSEs compare only within one of these.
+REAL_DATA = "tlc"
+
+
+def validation_data(run) -> dict:
+    """{"taxi_type", "val_month", "data_source"} of a run (None where it did not log one)."""
+    return {
+        "taxi_type": run.data.params.get("taxi_type"),
+        "val_month": run.data.params.get("val_month"),
+        "data_source": run.data.tags.get("data_source"),
+    }
+
+
+def describe_data(data: dict) -> str:
+    """"green 2021-02 (tlc)": a validation data set in a few words."""
+    return f"{data['taxi_type'] or '?'} {data['val_month'] or '?'} ({data['data_source'] or 'unknown source'})"
+
+
+def model_runs(experiment: str = EXPERIMENT, metric: str = "val_rmse") -> list:
+    """The finished runs that logged `metric` and a model, newest first."""
     import mlflow
 
     runs = mlflow.search_runs(
         experiment_names=[experiment],
         filter_string="attributes.status = 'FINISHED'",
-        order_by=[f"metrics.{metric} ASC"],
+        order_by=["attributes.start_time DESC"],
         output_format="list",
     )
-    for run in runs:
-        if metric in run.data.metrics and run.outputs and run.outputs.model_outputs:
-            return run
-    raise LookupError(f"no finished run with {metric} and a logged model in experiment {experiment!r}")
+    return [run for run in runs if metric in run.data.metrics and run.outputs and run.outputs.model_outputs]
 
 
-def register_best(experiment: str = EXPERIMENT, name: str = REGISTERED_MODEL, alias: str = PRODUCTION_ALIAS):
-    """Register the best run's model under `name` and point `alias` at the new version."""
+def best_run(experiment: str = EXPERIMENT, metric: str = "val_rmse", validation: dict | None = None):
+    """The run with the lowest validation RMSE among those validated on the same data.
+
+    validation: the data to compare on (a validation_data dict); by default that of the newest run,
+    i.e. what notebook 01 last trained on. Runs on other months or other data are not compared:
+    an RMSE on synthetic rides says nothing about one on real rides.
+    """
+    runs = model_runs(experiment, metric)
+    if not runs:
+        raise LookupError(f"no finished run with {metric} and a logged model in experiment {experiment!r}")
+    validation = validation or validation_data(runs[0])
+    comparable = [run for run in runs if validation_data(run) == validation]
+    if not comparable:
+        raise LookupError(f"no finished run validated on {describe_data(validation)} in experiment {experiment!r}")
+    return min(comparable, key=lambda run: run.data.metrics[metric])
+
+
+def rmse_on(pipeline, data: dict) -> float:
+    """The pipeline's RMSE on a validation data set, read as notebook 01 reads it (rides of 1 to 60 minutes)."""
+    from ride_duration.data import read_month, training_rides
+
+    year, month = (int(part) for part in data["val_month"].split("-"))
+    rides = read_month(data["taxi_type"], year, month, synthetic=data["data_source"] != REAL_DATA)
+    return rmse(pipeline, training_rides(rides, data["taxi_type"]))
+
+
+@dataclass
+class Promotion:
+    """What register_best decided, and why."""
+
+    promoted: bool
+    reason: str
+    version: str | None  # the registered version the alias points at afterwards
+    candidate: object  # the best comparable run (mlflow.entities.Run)
+    candidate_rmse: float
+    champion: object | None  # the version the alias pointed at before (ModelVersion), if any
+    champion_rmse: float | None  # the champion's RMSE on the candidate's validation data, if compared
+
+
+def current_champion(name: str, alias: str):
+    """The model version `alias` points at, or None."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:  # no such registered model, or no such alias yet
+        return None
+
+
+def version_model_id(version) -> str:
+    """The logged model ("m-...") behind a registered version: the embedded store leaves model_id empty,
+    its source ("models:/m-...") names it."""
+    return version.model_id or version.source.removeprefix("models:/")
+
+
+def judge(candidate, champion, metric: str) -> tuple[bool, str, float | None]:
+    """(promote?, why, the champion's RMSE on the candidate's data) for a candidate run against a champion."""
+    import mlflow
+    from ride_duration.model import load_model
+
+    data, rmse_new = validation_data(candidate), candidate.data.metrics[metric]
+    if champion is None:
+        return True, "no version had the alias yet", None
+    if version_model_id(champion) == candidate.outputs.model_outputs[0].model_id:
+        return False, "the best comparable run is already the champion", None
+    champion_run = mlflow.get_run(champion.run_id)
+    champion_data = validation_data(champion_run)
+    if champion_data["data_source"] == REAL_DATA and data["data_source"] != REAL_DATA:
+        return False, (f"a model validated on {describe_data(data)} never replaces one validated on real data "
+                       f"({describe_data(champion_data)})"), None
+    if data["data_source"] == REAL_DATA and champion_data["data_source"] != REAL_DATA:
+        return True, f"real data replaces a champion validated on {describe_data(champion_data)}", None
+    if champion_data == data:
+        rmse_old = champion_run.data.metrics[metric]
+    else:
+        try:
+            rmse_old = rmse_on(load_model(f"models:/{version_model_id(champion)}").pipeline, data)
+        except Exception as error:  # the data or the champion cannot be had: keep what serves now
+            reason = " ".join(f"{type(error).__name__}: {error}".split())
+            return False, f"the champion could not be evaluated on {describe_data(data)}: {reason}", None
+    if rmse_new < rmse_old:
+        return True, f"{metric} {rmse_new:.4f} beats the champion's {rmse_old:.4f} on {describe_data(data)}", rmse_old
+    return False, f"{metric} {rmse_new:.4f} does not beat the champion's {rmse_old:.4f} on {describe_data(data)}", rmse_old
+
+
+def register_best(experiment: str = EXPERIMENT, name: str = REGISTERED_MODEL, alias: str = PRODUCTION_ALIAS,
+                  metric: str = "val_rmse") -> Promotion:
+    """Register the best comparable run's model and point `alias` at it, if it beats the champion honestly.
+
+    The candidate is best_run(): the lowest RMSE among runs on the newest run's validation data. It
+    replaces the version at `alias` only if that one is on synthetic data while the candidate is on
+    real data, or if the candidate's RMSE is lower on the same data (the champion is re-evaluated on
+    the candidate's validation month when it was validated on another one). A model on synthetic data
+    never replaces one on real data. A promoted version carries tags and a description saying why.
+    """
     import mlflow
     from mlflow import MlflowClient
 
-    run = best_run(experiment)
-    model_id = run.outputs.model_outputs[0].model_id
-    version = mlflow.register_model(f"models:/{model_id}", name)
-    MlflowClient().set_registered_model_alias(name, alias, version.version)
-    return version
+    candidate = best_run(experiment, metric)
+    champion = current_champion(name, alias)
+    promote, reason, champion_rmse = judge(candidate, champion, metric)
+    result = Promotion(promote, reason, str(champion.version) if champion else None, candidate,
+                       candidate.data.metrics[metric], champion, champion_rmse)
+    if not promote:
+        return result
+    data = validation_data(candidate)
+    tags = {
+        "promoted_because": reason,
+        metric: repr(result.candidate_rmse),
+        "validation_data": describe_data(data),
+        "data_source": data["data_source"] or "unknown",
+        "train_month": candidate.data.params.get("train_month", "unknown"),
+        "replaced_version": str(champion.version) if champion else "none",
+        "replaced_model_id": version_model_id(champion) if champion else "none",
+        f"replaced_{metric}_on_this_data": "not compared" if champion_rmse is None else repr(champion_rmse),
+    }
+    model_id = candidate.outputs.model_outputs[0].model_id
+    with quiet_mlflow():
+        version = mlflow.register_model(f"models:/{model_id}", name, tags=tags)
+    client = MlflowClient()
+    description = (f"Run {candidate.info.run_name or candidate.info.run_id}: {metric} {result.candidate_rmse:.4f} on "
+                   f"{describe_data(data)}. Promoted to @{alias}: {reason}"
+                   + (f" (replaced version {champion.version})." if champion else "."))
+    client.update_model_version(name, version.version, description=description)
+    client.set_registered_model_alias(name, alias, version.version)
+    result.version = str(version.version)
+    return result
+
+
+def model_data(model_id: str) -> dict:
+    """What the run that logged this model trained and validated on: taxi_type, train_month, val_month,
+    data_source (None where unknown, e.g. a model from another tracking store)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    try:
+        run = client.get_run(client.get_logged_model(model_id).source_run_id)
+    except Exception:  # not a model id, or not this tracking store's
+        return {"taxi_type": None, "train_month": None, "val_month": None, "data_source": None}
+    return {**validation_data(run), "train_month": run.data.params.get("train_month")}

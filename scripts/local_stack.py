@@ -5,9 +5,11 @@
     python scripts/local_stack.py status
     python scripts/local_stack.py stop
 
-Logs and process ids live in .local-stack/. The MLflow server keeps its runs in
-.local-stack/mlflow-server.db and its artifacts in s3://mlflow-artifacts on moto_server (which
-keeps them in memory: stopping moto forgets them).
+Logs and process ids live in .local-stack/ ($LOCAL_STACK_DIR if set). The MLflow server keeps its
+runs and registry in .local-stack/mlflow-server.db and its artifacts in s3://mlflow-artifacts on
+moto_server. moto keeps everything in memory, so `stop` first saves every S3 bucket to
+.local-stack/s3/ and `start` puts them back: registered models still load after a restart. Other
+moto state (Kinesis streams, IAM roles, Lambda functions) starts empty each time.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 from ride_duration import local_stack
 
 ROOT = Path(__file__).resolve().parents[1]
-STATE = ROOT / ".local-stack"
+STATE = Path(os.environ.get("LOCAL_STACK_DIR", ROOT / ".local-stack"))
+SAVED_S3 = STATE / "s3"
 MOTO_PORT = int(os.environ.get("MOTO_PORT", 4566))
 MLFLOW_PORT = int(os.environ.get("MLFLOW_PORT", 5000))
 MOTO_URL = f"http://{local_stack.HOST}:{MOTO_PORT}"
@@ -50,7 +53,11 @@ def start() -> None:
     if pid_of("moto") is None:
         process = local_stack.start_moto(MOTO_PORT, STATE / "moto.log")
         (STATE / "moto.pid").write_text(str(process.pid))
-        print(f"moto_server up at {MOTO_URL} (log .local-stack/moto.log)")
+        (STATE / "moto.url").write_text(MOTO_URL)
+        print(f"moto_server up at {MOTO_URL} (log {STATE / 'moto.log'})")
+        restored = local_stack.restore_buckets(SAVED_S3)
+        if restored:
+            print(f"restored {restored} S3 objects saved by the last stop ({SAVED_S3})")
     local_stack.ensure_bucket()
     if pid_of("mlflow") is None:
         process = local_stack.start_mlflow(
@@ -61,7 +68,7 @@ def start() -> None:
             env=local_stack.aws_env(MOTO_URL),
         )
         (STATE / "mlflow.pid").write_text(str(process.pid))
-        print(f"MLflow server up at {MLFLOW_URL} (log .local-stack/mlflow.log)")
+        print(f"MLflow server up at {MLFLOW_URL} (log {STATE / 'mlflow.log'})")
     print_env()
 
 
@@ -72,12 +79,24 @@ def print_env() -> None:
 
 
 def stop() -> None:
+    """Stop MLflow, save moto's S3 buckets to disk, stop moto (left running if the save fails)."""
     for name in ("mlflow", "moto"):
         pid = pid_of(name)
-        if pid is not None:
-            local_stack.stop(pid)
-            (STATE / f"{name}.pid").unlink(missing_ok=True)
-            print(f"stopped {name} (pid {pid})")
+        if pid is None:
+            continue
+        if name == "moto":
+            url_file = STATE / "moto.url"
+            os.environ.update(local_stack.aws_env(url_file.read_text() if url_file.exists() else MOTO_URL))
+            try:
+                saved = local_stack.save_buckets(SAVED_S3)
+            except Exception as error:
+                raise local_stack.ServiceFailed(
+                    f"could not save moto's S3 buckets ({type(error).__name__}: {error}); "
+                    f"moto_server (pid {pid}) is left running so that nothing is lost") from error
+            print(f"saved {saved} S3 objects to {SAVED_S3}")
+        local_stack.stop(pid)
+        (STATE / f"{name}.pid").unlink(missing_ok=True)
+        print(f"stopped {name} (pid {pid})")
 
 
 def status() -> None:

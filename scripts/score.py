@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from ride_duration.batch import (arrow_array, atomic_parquet, default_output, fixed_width_strings, open_month,
-                                 output_info, output_info_for, output_schema, ride_columns)
+from ride_duration.batch import (MonthInput, arrow_array, atomic_parquet, check_pickup_month, default_output,
+                                 fixed_width_strings, open_month, output_info_for, output_schema, pickups_in_month,
+                                 ride_columns, scored_already)
 from ride_duration.data import BadMonthFile, MonthNotAvailable, check_month
 from ride_duration.features import FastPredictor
 from ride_duration.model import ModelLoadError, load_model
@@ -75,15 +76,19 @@ SYNTHETIC_BANNER = "*** SYNTHETIC DATA: {month} is a generated month, not TLC ri
 
 
 def score_month(taxi_type: str, year: int, month: int, model, output_file: str | None = None, *,
-                input_file: str | None = None, synthetic: bool | str = False) -> dict:
+                input_file: str | None = None, synthetic: bool | str = False, allow_other_month: bool = False,
+                month_input: MonthInput | None = None) -> dict:
     """Score every ride of one month and write output_file atomically; return a summary.
 
     The summary's "seconds" is the reading, scoring and writing; "model_seconds" the model's loading
     (and the fast path's vocabulary table).
     model: a model URI or an already loaded ride_duration.model.LoadedModel (a backfill loads it once).
+    month_input: the month already opened by open_month (a backfill opens it to decide); else it is
+    opened here from input_file and synthetic.
+    allow_other_month: write the rides as this month even if most of their pickups are of another.
     Raises MonthNotAvailable, BadMonthFile, ModelLoadError or ValueError; none leaves output behind.
     """
-    month_input = open_month(taxi_type, year, month, input_file=input_file or None, synthetic=synthetic)
+    month_input = month_input or open_month(taxi_type, year, month, input_file=input_file or None, synthetic=synthetic)
     loading = time.perf_counter()
     model = load_model(model, without_sklearn=True) if isinstance(model, str) else model
     predictor = FastPredictor(model.pipeline)
@@ -92,11 +97,16 @@ def score_month(taxi_type: str, year: int, month: int, model, output_file: str |
     if month_input.synthetic:
         print(SYNTHETIC_BANNER.format(month=f"{taxi_type} {year:04d}-{month:02d}"), file=sys.stderr)
     info = output_info_for(model.version, taxi_type, year, month, month_input.synthetic)
-    rows = 0
+    rows = in_month = with_time = 0
     with atomic_parquet(destination, output_schema(taxi_type), info) as writer:
         for first_row, rides in month_input.batches():
-            writer.write_table(score_batch(rides, first_row, predictor, model.version, taxi_type, year, month))
+            scored = score_batch(rides, first_row, predictor, model.version, taxi_type, year, month)
+            writer.write_table(scored)
             rows += len(rides)
+            counts = pickups_in_month(scored.column(1), year, month)
+            in_month, with_time = in_month + counts[0], with_time + counts[1]
+        if not allow_other_month:
+            check_pickup_month(month_input, in_month, with_time)
     return {
         "month": f"{taxi_type}/{year:04d}-{month:02d}",
         "rows": rows,
@@ -140,21 +150,26 @@ def backfill(taxi_type: str, start: str, end: str, model, output_root: str = "ou
 
     model = load_model(model, without_sklearn=True) if isinstance(model, str) else model
     summary = []
-    for year, month in tqdm(months, desc=f"backfill {taxi_type}", unit="month"):
+    # disable=None: a progress bar on a terminal, none in a log file or a pipe
+    for year, month in tqdm(months, desc=f"backfill {taxi_type}", unit="month", disable=None):
         destination = default_output(taxi_type, year, month, output_root)
         row = {"month": f"{taxi_type}/{year:04d}-{month:02d}", "output": destination}
-        existing = output_info(destination)
-        if not force and existing and existing["model_version"] == model.version:
-            summary.append({**row, "status": "skipped", "rows": None, "seconds": None,
-                            "note": f"already scored by {model.version}"})
-            continue
         try:
-            result = score_month(taxi_type, year, month, model, destination, synthetic=synthetic)
+            month_input = open_month(taxi_type, year, month, synthetic=synthetic)
+            done, why = scored_already(destination, month_input, model.version)
+            if done and not force:
+                summary.append({**row, "status": "skipped", "rows": None, "seconds": None, "note": why})
+                continue
+            why = "forced" if done else why
+            result = score_month(taxi_type, year, month, model, destination, month_input=month_input)
         except (ValueError, OSError) as error:  # this month's data or output; the others go on
             summary.append({**row, "status": "failed", "rows": None, "seconds": None, "note": one_line(error)})
             continue
+        notes = ["SYNTHETIC"] if result["synthetic"] else []
+        if why != "no output yet":
+            notes.append(f"re-scored: {why}")
         summary.append({**row, "status": "scored", "rows": result["rows"], "seconds": result["seconds"],
-                        "note": "SYNTHETIC" if result["synthetic"] else ""})
+                        "note": "; ".join(notes)})
     return summary
 
 
@@ -201,11 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(default: output/{taxi_type}/{YYYY-MM}.parquet)")
     parser.add_argument("--input", help="a TLC parquet file to score instead of looking the month up in "
                                         "$TAXI_DATA_DIR (default data/) or downloading it")
+    parser.add_argument("--allow-other-month", action="store_true",
+                        help="score the file as --year/--month even if most of its pickups are of another month "
+                             "(refused otherwise)")
     commands = parser.add_subparsers(dest="command", metavar="{backfill}")
     backfill_parser = commands.add_parser(
         "backfill", help="score a range of months",
-        description="Score every month from --from to --to; months already scored by the same model "
-                    "version are skipped unless --force. Prints a summary table; exit code 1 if a month failed.")
+        description="Score every month from --from to --to; a month whose output is readable and holds that "
+                    "month, scored from the same kind of rides (real or synthetic) by the same model version, is "
+                    "skipped unless --force. Prints a summary table; exit code 1 if a month failed.")
     add_data_options(backfill_parser, inherit=True)
     backfill_parser.add_argument("--from", dest="start", required=True, metavar="YYYY-MM", help="first month")
     backfill_parser.add_argument("--to", dest="end", required=True, metavar="YYYY-MM", help="last month (included)")
@@ -213,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="folder or s3://bucket/prefix; each month goes to "
                                       "{root}/{taxi_type}/{YYYY-MM}.parquet (default: output)")
     backfill_parser.add_argument("--force", action="store_true",
-                                 help="score months again even if their output has this model version")
+                                 help="score months again even if their output is up to date")
     return parser
 
 
@@ -222,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "backfill":
         misplaced = [flag for flag, value in (("--year", args.year), ("--month", args.month), ("--output", args.output),
-                                              ("--input", args.input)) if value is not None]
+                                              ("--input", args.input),
+                                              ("--allow-other-month", args.allow_other_month or None)) if value is not None]
         if misplaced:
             parser.error(f"{', '.join(misplaced)} do not apply to backfill: use --from, --to and --output-root")
     try:
@@ -234,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.year is None or args.month is None:
             parser.error("--year and --month are required (or use the backfill command)")
         result = score_month(args.taxi_type, args.year, args.month, args.model_uri, args.output,
-                             input_file=args.input, synthetic=args.synthetic)
+                             input_file=args.input, synthetic=args.synthetic, allow_other_month=args.allow_other_month)
     except (MonthNotAvailable, BadMonthFile, ModelLoadError, ValueError, OSError) as error:
         print(f"score.py: error: {one_line(error)}", file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ def read_predictions(client, stream: str, **limits) -> list[dict]:
 
 def main(argv=None) -> int:
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stream", default="ride_predictions")
@@ -35,8 +36,12 @@ def main(argv=None) -> int:
         boto3.client("kinesis"), args.stream, start=args.start, max_records=args.max_records,
         max_seconds=args.max_seconds, idle_seconds=args.idle_seconds,
     )
-    for record in records:
-        print(record["Data"].decode(errors="replace"), flush=True)
+    try:
+        for record in records:
+            print(record["Data"].decode(errors="replace"), flush=True)
+    except (BotoCoreError, ClientError) as error:
+        print(f"error: could not read {args.stream}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -2,20 +2,21 @@
 benchmark run the handler exactly as the image would:
 
 - the task root: what streaming/Dockerfile's COPY lines put in ${LAMBDA_TASK_ROOT},
-- a virtualenv with only the image's packages: the lock's `lambda` group (which
-  streaming/requirements.txt is exported from) plus boto3, which the base image brings,
+- a virtualenv with only the image's packages: what the Dockerfile's RUN line installs (the
+  requirements file it copies, exported from the lock's `lambda` group) plus boto3 and its
+  dependencies, which the base image brings, at the versions the lock gives this project,
 - the handler named by the Dockerfile's CMD.
 
-Installs come from uv's cache (offline); the cache is there once `make setup` has run.
+Packages come from the package index through uv (its cache when it has them, as pip would in the image).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -35,11 +36,13 @@ class LambdaImage:
 
 
 def dockerfile_parts(path: Path = DOCKERFILE) -> dict:
-    """The base image, the COPY (source, destination in the task root) pairs and the CMD handler."""
+    """The base image, the COPY (source, destination in the task root) pairs, the requirements file
+    (in the task root) the RUN line installs, and the CMD handler."""
     text = path.read_text()
     return {
         "base": re.search(r"^FROM (\S+)", text, re.M).group(1),
         "copies": re.findall(r"^COPY (\S+) \$\{LAMBDA_TASK_ROOT\}/(\S*)$", text, re.M),
+        "requirements": re.search(r"^RUN pip install .*-r \$\{LAMBDA_TASK_ROOT\}/(\S+)", text, re.M).group(1),
         "handler": json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))[0],
     }
 
@@ -56,11 +59,12 @@ def build(dest: Path) -> LambdaImage:
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / source, destination)
     venv = dest / "venv"
+    python = venv / "bin" / "python"
     uv = local_stack.uv_binary()
     run = dict(cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
-    subprocess.run([uv, "sync", "--frozen", "--offline", "--only-group", "lambda", "--no-install-project", "--quiet"],
-                   env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)}, **run)
+    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], **run)
+    subprocess.run([uv, "pip", "install", "--quiet", "--python", str(python),
+                    "-r", str(task_root / parts["requirements"])], **run)
     base_packages = [f"{name}=={version(name)}" for name in BASE_IMAGE_PACKAGES]
-    subprocess.run([uv, "pip", "install", "--offline", "--no-deps", "--quiet", "--python", str(venv / "bin" / "python"),
-                    *base_packages], **run)
-    return LambdaImage(task_root=task_root, python=venv / "bin" / "python", handler=parts["handler"])
+    subprocess.run([uv, "pip", "install", "--no-deps", "--quiet", "--python", str(python), *base_packages], **run)
+    return LambdaImage(task_root=task_root, python=python, handler=parts["handler"])

@@ -109,6 +109,10 @@ def kinesis_records(event) -> list:
     return records
 
 
+class PredictionsNotWritten(RuntimeError):
+    """The output stream kept rejecting some predictions: its fault, not the records'."""
+
+
 def lambda_handler(event, context):
     """Predict a batch of ride events at once, write the predictions, name the records that failed."""
     records = kinesis_records(event)
@@ -137,13 +141,17 @@ def lambda_handler(event, context):
         return {"batchItemFailures": [{"itemIdentifier": s} for s in failed], "predictions": predictions}
 
     entries = [{"Data": json.dumps(p).encode(), "PartitionKey": str(i)} for p, i in zip(predictions, ride_ids)]
-    rejected = set(put_records(kinesis_client(), predictions_stream(), entries))
+    stream = predictions_stream()
+    rejected = set(put_records(kinesis_client(), stream, entries))  # raises if the stream is missing
     for index, key in enumerate(keys):
-        if index in rejected:
-            failed.append(key[-1])  # the stream kept refusing it: let Lambda deliver it again
-        else:
+        if index not in rejected:
             remember_written(key)
-    logger.info("%d records: %d predictions written, %d failed", len(records), len(entries) - len(rejected), len(failed))
+    if rejected:
+        raise PredictionsNotWritten(
+            f"{stream} kept rejecting {len(rejected)} of {len(entries)} predictions (throttled?); "
+            f"the other {len(entries) - len(rejected)} are written, and a retry by this container writes only the rest"
+        )
+    logger.info("%d records: %d predictions written, %d bad records", len(records), len(entries), len(failed))
     return {"batchItemFailures": [{"itemIdentifier": s} for s in failed]}
 
 if __name__ == "__main__":

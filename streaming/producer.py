@@ -41,6 +41,7 @@ def send(client, stream: str, events: list[dict]) -> int:
 
 def main(argv=None) -> int:
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stream", default="ride_events")
@@ -59,7 +60,11 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     events = ride_events(df, args.year, args.month, args.rides, args.start_row)
-    sent = send(boto3.client("kinesis"), args.stream, events)
+    try:
+        sent = send(boto3.client("kinesis"), args.stream, events)
+    except (RuntimeError, BotoCoreError, ClientError) as error:
+        print(f"error: could not send the rides to {args.stream}: {error}", file=sys.stderr)
+        return 1
     print(f"sent {sent} rides of {args.taxi_type} {args.year:04d}-{args.month:02d} "
           f"({df.attrs.get('source')}) to {args.stream}")
     return 0

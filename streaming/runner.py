@@ -3,6 +3,7 @@ deployed function, done in-process (moto_server cannot run Lambda code here: tha
 
     MODEL_URI=... PREDICTIONS_STREAM_NAME=ride_predictions \\
         python streaming/runner.py --stream ride_events --checkpoint runner-checkpoint.json
+    python streaming/runner.py replay --failures runner-checkpoint.failures.jsonl --stream ride_events
 
 As Lambda does, it
 - reads every shard of the input stream in batches (--batch-size, --starting-position),
@@ -10,11 +11,23 @@ As Lambda does, it
 - honours ReportBatchItemFailures: when the handler names failed records, the batch is delivered
   again from the lowest failed sequence number, at most --max-retries times; what still fails then
   goes to a failure destination (a JSON-lines file, or a failure stream) and the shard moves on,
+- treats a handler that raises (model not loadable, output stream missing, endpoint down) as an
+  invocation error: the same batch is invoked again with back-off (--error-retries,
+  --error-backoff), never checkpointed past nor sent to the failure destination; when the retries
+  are used up the runner stops, and a restart resumes from the checkpoint,
 - checkpoints each shard (the last sequence number handled, in a JSON file replaced atomically),
   so that a restart resumes where it stopped. Delivery is at least once: records of a batch that
   was being handled when the runner died are delivered again; ride_id identifies them.
 It stops after --max-batches handler calls, after --max-seconds, or when every shard has been
 caught up for --idle-seconds.
+
+`replay` puts the records of a failure file back on a stream (after fixing what made them fail),
+with their partition keys; the replayed lines move to FILE.replayed.
+
+Exit codes: 0 every record read was handled; 2 bad arguments; 3 stopped by an infrastructure
+failure (the handler kept raising or cannot be imported, a stream is missing, the endpoint is down,
+the checkpoint is another stream's), nothing checkpointed past it; 4 the run ended but some records
+went to the failure destination. (1 is Python's own: the runner crashed, see the traceback.)
 """
 
 from __future__ import annotations
@@ -34,10 +47,29 @@ from pathlib import Path
 from ride_duration.kinesis import POLL_SECONDS, put_records, shard_iterator, stream_shards
 
 HANDLER_TIMEOUT_SECONDS = 60  # what context.get_remaining_time_in_millis counts down from
+MAX_ERROR_BACKOFF_SECONDS = 30.0  # the longest pause between invocations of a batch whose handler raised
+EXIT_OK, EXIT_USAGE, EXIT_STOPPED, EXIT_RECORDS_FAILED = 0, 2, 3, 4
+
+
+def counted(n: int) -> str:
+    return f"{n} record" if n == 1 else f"{n} records"
 
 
 class CheckpointMismatch(RuntimeError):
     """The checkpoint file belongs to another stream (or an older stream of the same name)."""
+
+
+class InvocationFailed(RuntimeError):
+    """The handler kept failing on one batch (it raised, or answered with records not in the batch):
+    something it depends on is down. Nothing of that batch was checkpointed or sent anywhere."""
+
+
+class DestinationFailed(RuntimeError):
+    """The failure stream refused records: they are not checkpointed past."""
+
+
+class BadResponse(ValueError):
+    """A handler response whose batchItemFailures name records that are not in the batch."""
 
 
 @dataclass
@@ -48,6 +80,8 @@ class RunnerSettings:
     starting_position: str = "TRIM_HORIZON"
     max_retries: int = 2  # Lambda's MaximumRetryAttempts: re-deliveries after the first attempt
     retry_backoff: float = 0.2  # seconds before the first re-delivery, doubled after each one
+    error_retries: int = 4  # invocations of a batch again after the handler raised, before stopping
+    error_backoff: float = 1.0  # seconds before the first of those, doubled after each one
     failures_file: Path | None = None
     failure_stream: str | None = None
     max_batches: int | None = None
@@ -59,9 +93,15 @@ class RunnerSettings:
 class RunReport:
     records: int = 0  # records read from the stream and handed to the handler
     invocations: int = 0  # handler calls, re-deliveries included
-    redeliveries: int = 0
+    redeliveries: int = 0  # re-deliveries of records named in batchItemFailures
+    error_retries: int = 0  # invocations again after the handler raised
     failed: int = 0  # records sent to the failure destination
     stopped: str = ""  # why the run ended
+
+    def summary(self) -> str:
+        return (f"{counted(self.records)} read, {self.invocations} handler calls ({self.redeliveries} re-deliveries, "
+                f"{self.error_retries} retries after errors), {self.failed} to the failure destination; "
+                f"stopped: {self.stopped}")
 
 
 class Checkpoint:
@@ -108,13 +148,29 @@ class FailureDestination:
         if self.stream:
             entries = [{"Data": json.dumps(f).encode(), "PartitionKey": f["partitionKey"]} for f in failures]
             if put_records(self.client, self.stream, entries):
-                raise RuntimeError(f"failure stream {self.stream} rejected records; not checkpointing past them")
+                raise DestinationFailed(f"failure stream {self.stream} rejected records; not checkpointing past them")
             return
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.file, "a") as out:
-            out.writelines(json.dumps(f) + "\n" for f in failures)
-            out.flush()
-            os.fsync(out.fileno())
+        append_lines(self.file, [json.dumps(f) for f in failures])
+
+
+def append_lines(path: Path, lines: list[str]) -> None:
+    """Append lines to a file and fsync, so that what was written survives a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as out:
+        out.writelines(line + "\n" for line in lines)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def replace_lines(path: Path, lines: list[str]) -> None:
+    """Make the file hold exactly these lines (removed when there are none), atomically."""
+    if not lines:
+        path.unlink(missing_ok=True)
+        return
+    partial = path.with_name(path.name + ".tmp")
+    partial.unlink(missing_ok=True)
+    append_lines(partial, lines)
+    os.replace(partial, path)
 
 
 class LocalContext:
@@ -158,14 +214,18 @@ def lambda_event(records: list[dict], shard_id: str, stream_arn: str) -> dict:
 
 
 def failed_sequence_numbers(response, batch: list[dict]) -> set[str]:
-    """The records the handler named in batchItemFailures. As in Lambda, a response that names a
-    record not in the batch (or names it badly) fails the whole batch; no list means success."""
+    """The records the handler named in batchItemFailures; no list means success. A response that
+    names a record not in the batch (or names it badly) is BadResponse: Lambda fails the whole
+    batch then, and this runner treats it like a handler that raised."""
     in_batch = {r["SequenceNumber"] for r in batch}
     items = response.get("batchItemFailures") if isinstance(response, dict) else None
     if not items:
         return set()
     named = {item.get("itemIdentifier") if isinstance(item, dict) else None for item in items}
-    return named if named <= in_batch else in_batch
+    if not named <= in_batch:
+        strays = sorted(map(str, named - in_batch))[:3]
+        raise BadResponse(f"batchItemFailures names records that are not in the batch: {', '.join(strays)}")
+    return named
 
 
 class Runner:
@@ -232,13 +292,7 @@ class Runner:
         self.report.records += len(records)
         batch, attempt = records, 0
         while True:
-            self.report.invocations += 1
-            try:
-                failed = failed_sequence_numbers(self.handler(lambda_event(batch, shard, self.stream_arn), LocalContext()), batch)
-                reason = "named in batchItemFailures"
-            except Exception as error:  # a function error fails the whole batch, as in Lambda
-                self.log(f"{shard}: handler raised: {''.join(traceback.format_exception_only(error)).strip()}")
-                failed, reason = {r["SequenceNumber"] for r in batch}, f"handler raised {type(error).__name__}: {error}"
+            failed = self.invoke(shard, batch)
             if not failed:
                 self.save(shard, batch, batch[-1])
                 return
@@ -248,17 +302,46 @@ class Runner:
                 self.save(shard, handled, handled[-1])
             batch = [r for r in batch if int(r["SequenceNumber"]) >= int(lowest)]
             if attempt >= self.settings.max_retries:
-                self.give_up(shard, [r for r in batch if r["SequenceNumber"] in failed], reason, attempt + 1)
+                self.give_up(shard, [r for r in batch if r["SequenceNumber"] in failed], attempt + 1)
                 self.save(shard, batch, batch[-1])
                 return
             attempt += 1
             self.report.redeliveries += 1
             delay = self.settings.retry_backoff * 2 ** (attempt - 1)
-            self.log(f"redeliver {shard} from {lowest} ({len(batch)} records) in {delay:g}s "
+            self.log(f"redeliver {shard} from {lowest} ({counted(len(batch))}) in {delay:g}s "
                      f"(retry {attempt} of {self.settings.max_retries})")
             time.sleep(delay)
 
-    def give_up(self, shard: str, records: list[dict], reason: str, attempts: int) -> None:
+    def invoke(self, shard: str, batch: list[dict]) -> set[str]:
+        """The sequence numbers the handler names in batchItemFailures for this batch.
+
+        A handler that raises (or answers nonsense) says nothing about single records: its model,
+        its output stream or an endpoint is failing. The same batch is invoked again after a
+        back-off; after --error-retries InvocationFailed stops the run, with nothing checkpointed
+        past the batch and nothing sent to the failure destination."""
+        s = self.settings
+        for retry in range(s.error_retries + 1):
+            self.report.invocations += 1
+            try:
+                return failed_sequence_numbers(self.handler(lambda_event(batch, shard, self.stream_arn), LocalContext()), batch)
+            except Exception as error:
+                problem = "".join(traceback.format_exception_only(error)).strip()
+            if retry == s.error_retries:
+                break
+            delay = min(s.error_backoff * 2 ** retry, MAX_ERROR_BACKOFF_SECONDS)
+            self.log(f"{shard}: invocation error: {problem}; invoking the batch again in {delay:g}s "
+                     f"(retry {retry + 1} of {s.error_retries})")
+            self.report.error_retries += 1
+            time.sleep(delay)
+        self.report.stopped = "invocation error"
+        raise InvocationFailed(
+            f"{shard}: the handler failed {s.error_retries + 1} times on the batch from sequence number "
+            f"{batch[0]['SequenceNumber']} ({counted(len(batch))}): {problem}\n"
+            f"Nothing of that batch was checkpointed or sent to the failure destination: fix the cause and "
+            f"run again to resume from the checkpoint."
+        )
+
+    def give_up(self, shard: str, records: list[dict], attempts: int) -> None:
         self.failures.send([
             {
                 "eventSourceARN": self.stream_arn,
@@ -266,7 +349,7 @@ class Runner:
                 "sequenceNumber": r["SequenceNumber"],
                 "partitionKey": r["PartitionKey"],
                 "data": base64.b64encode(r["Data"]).decode("ascii"),
-                "reason": reason,
+                "reason": "named in batchItemFailures",
                 "attempts": attempts,
             }
             for r in records
@@ -275,12 +358,59 @@ class Runner:
 
     def save(self, shard: str, records: list[dict], last: dict) -> None:
         self.checkpoint.save(shard, last["SequenceNumber"])
-        self.log(f"checkpoint {shard} {last['SequenceNumber']} ({len(records)} records)")
+        self.log(f"checkpoint {shard} {last['SequenceNumber']} ({counted(len(records))})")
 
 
 def run(handler, settings: RunnerSettings, client=None, log=print) -> RunReport:
     """Run the handler over the stream as Lambda's event-source mapping would; see the module doc."""
     return Runner(handler, settings, client, log).run()
+
+
+def replay(client, failures_file: Path, stream: str) -> tuple[int, int]:
+    """Put the records of a failure file back on a stream, each with its partition key, and return
+    (replayed, still rejected). Replayed lines move to FILE.replayed; lines the stream kept rejecting
+    stay in FILE. A crash in between replays some records twice, never none: ride_id tells them apart."""
+    failures_file = Path(failures_file)
+    lines = [line for line in failures_file.read_text().splitlines() if line.strip()]
+    entries = []
+    for number, line in enumerate(lines, 1):
+        try:
+            failure = json.loads(line)
+            entries.append({"Data": base64.b64decode(failure["data"], validate=True), "PartitionKey": failure["partitionKey"]})
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{failures_file}:{number} is not a failure record of this runner: {error}") from error
+    rejected = set(put_records(client, stream, entries))
+    append_lines(failures_file.with_name(failures_file.name + ".replayed"),
+                 [line for index, line in enumerate(lines) if index not in rejected])
+    replace_lines(failures_file, [lines[index] for index in sorted(rejected)])
+    return len(lines) - len(rejected), len(rejected)
+
+
+def replay_main(argv) -> int:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    parser = argparse.ArgumentParser(prog="runner.py replay", description=replay.__doc__)
+    parser.add_argument("--failures", required=True, type=Path, help="a failure file the runner wrote")
+    parser.add_argument("--stream", required=True, help="the stream to put the records on, e.g. ride_events")
+    args = parser.parse_args(argv)
+    if not args.failures.exists():
+        print(f"nothing to replay: {args.failures} does not exist", flush=True)
+        return EXIT_OK
+    try:
+        replayed, rejected = replay(boto3.client("kinesis"), args.failures, args.stream)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (BotoCoreError, ClientError) as error:
+        print(f"error: could not put the records on {args.stream}, {args.failures} is unchanged: {error}", file=sys.stderr)
+        return EXIT_STOPPED
+    print(f"replayed {counted(replayed)} from {args.failures} to {args.stream} "
+          f"(moved to {args.failures.name}.replayed)", flush=True)
+    if rejected:
+        print(f"error: {args.stream} kept rejecting {counted(rejected)}; they stay in {args.failures}", file=sys.stderr)
+        return EXIT_STOPPED
+    return EXIT_OK
 
 
 def load_handler(spec: str):
@@ -291,6 +421,11 @@ def load_handler(spec: str):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["replay"]:
+        return replay_main(argv[1:])
+    from botocore.exceptions import BotoCoreError, ClientError
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stream", required=True, help="the input stream, e.g. ride_events")
     parser.add_argument("--checkpoint", required=True, type=Path, help="JSON file with each shard's position")
@@ -298,8 +433,13 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--starting-position", choices=["TRIM_HORIZON", "LATEST"], default="TRIM_HORIZON",
                         help="where to start a shard that has no checkpoint yet")
-    parser.add_argument("--max-retries", type=int, default=2, help="re-deliveries of a failing batch")
+    parser.add_argument("--max-retries", type=int, default=2,
+                        help="re-deliveries of records named in batchItemFailures before they go to the failure destination")
     parser.add_argument("--retry-backoff", type=float, default=0.2, help="seconds before the first re-delivery")
+    parser.add_argument("--error-retries", type=int, default=4,
+                        help="invocations of a batch again after the handler raised, before the runner stops")
+    parser.add_argument("--error-backoff", type=float, default=1.0,
+                        help=f"seconds before the first of those, doubled each time (at most {MAX_ERROR_BACKOFF_SECONDS:g})")
     destination = parser.add_mutually_exclusive_group()
     destination.add_argument("--failures-file", type=Path,
                              help="JSON lines of records that failed every retry (default: beside the checkpoint)")
@@ -308,21 +448,32 @@ def main(argv=None) -> int:
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--idle-seconds", type=float, default=2.0, help="stop once caught up for this long")
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.max_retries < 0:
-        parser.error("--batch-size must be at least 1 and --max-retries at least 0")
+    if args.batch_size < 1 or args.max_retries < 0 or args.error_retries < 0:
+        parser.error("--batch-size must be at least 1, --max-retries and --error-retries at least 0")
     settings = RunnerSettings(
         stream=args.stream, checkpoint=args.checkpoint, batch_size=args.batch_size,
         starting_position=args.starting_position, max_retries=args.max_retries, retry_backoff=args.retry_backoff,
+        error_retries=args.error_retries, error_backoff=args.error_backoff,
         failures_file=args.failures_file, failure_stream=args.failure_stream, max_batches=args.max_batches,
         max_seconds=args.max_seconds, idle_seconds=args.idle_seconds,
     )
     try:
-        report = run(load_handler(args.handler), settings, log=lambda line: print(line, flush=True))
-    except CheckpointMismatch as error:
+        handler = load_handler(args.handler)
+    except Exception as error:  # Lambda's Runtime.ImportModuleError: an invocation error, not the records' fault
+        print(f"error: cannot import the handler {args.handler}: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_STOPPED
+    try:
+        local_runner = Runner(handler, settings, log=lambda line: print(line, flush=True))
+        report = local_runner.run()
+    except (CheckpointMismatch, InvocationFailed, DestinationFailed, BotoCoreError, ClientError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"done: {report}", flush=True)
-    return 0
+        return EXIT_STOPPED
+    print(f"done: {report.summary()}", flush=True)
+    if report.failed:
+        print(f"{counted(report.failed)} failed every retry: see {settings.failure_stream or local_runner.failures.file}; "
+              f"`runner.py replay` puts them back on the stream once their cause is fixed", flush=True)
+        return EXIT_RECORDS_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def registered_model(tmp_path_factory, training_months):
         pipeline = train.fit(train.make_pipeline(LinearRegression()), rides)
         info = train.log_pipeline(
             pipeline,
-            params={"regressor": "LinearRegression"},
+            params={"regressor": "LinearRegression", "taxi_type": taxi, "train_month": "2021-01", "val_month": "2021-02"},
             metrics={"val_rmse": train.rmse(pipeline, val)},
             tags={"data_source": "synthetic" if synthetic else "tlc"},
         )

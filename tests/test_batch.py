@@ -215,6 +215,11 @@ def test_s3_output_on_moto(registered_model, model, bucket, tmp_path):
                                   check_exact=True)
     info = batch.output_info(destination)
     assert info == {"model_version": registered_model["model_id"], "month": "green/2021-03", "synthetic": False}
+    march = batch.open_month("green", 2021, 3)
+    assert batch.scored_already(destination, march, registered_model["model_id"])[0]
+    assert batch.scored_already(destination, march, "m-other") == (False, f"existing output is by {registered_model['model_id']}")
+    assert batch.scored_already(destination.replace("2021-03", "2021-04"), march, registered_model["model_id"]) == (
+        False, "no output yet")
 
 
 def test_failed_s3_upload_leaves_nothing(model, bucket, monkeypatch):
@@ -392,6 +397,105 @@ def test_impossible_month_is_a_clear_error(model, tmp_path, capsys):
     assert_clean_failure(code, err, destination, "no such TLC month: 2021-13")
 
 
+# --- the month asked for is the month in the file ---------------------------------------------------
+
+
+def test_another_months_file_is_refused_unless_allowed(model, tmp_path, capsys):
+    """April's rides asked for as March: a clear error naming April and no output; the override scores them."""
+    require_real_months(("green", 2021, 4))
+    april = Path(os.environ["TAXI_DATA_DIR"]) / month_filename("green", 2021, 4)
+    destination = tmp_path / "out.parquet"
+    args = ["--year", 2021, "--month", 3, "--model-uri", model.uri, "--input", april, "--output", destination]
+    code, _, err = cli(args, capsys)
+    assert_clean_failure(code, err, destination, "score.py: error:", "holds rides of 2021-04", "not of 2021-03",
+                         "--allow-other-month")
+    code, out, err = cli([*args, "--allow-other-month"], capsys)
+    assert code == 0, err
+    scored = batch.read_output(destination)
+    assert scored.attrs["month"] == "green/2021-03" and len(scored) == pq.ParquetFile(april).metadata.num_rows
+    assert scored["ride_id"].iloc[0] == "2021/03_0"
+
+
+@pytest.mark.parametrize("year, month", real_green_months(), ids=lambda v: f"{v:02d}")
+def test_every_real_month_passes_the_month_check_with_its_stray_pickups(year, month):
+    path = Path(os.environ["TAXI_DATA_DIR"]) / month_filename("green", year, month)
+    month_input = batch.open_month("green", year, month, input_file=path)
+    in_month, with_time = batch.pickups_in_month(pq.read_table(path).column("lpep_pickup_datetime"), year, month)
+    assert with_time == month_input.num_rows
+    batch.check_pickup_month(month_input, in_month, with_time)  # raises if refused
+    assert in_month == with_time - data.stray_pickups(read_month_file(path, "green"), "green", year, month)
+
+
+def month_file(folder: Path, year: int, month: int, *, synthetic: bool, n_rides: int = 500) -> Path:
+    """A small month file named as the TLC names it: synthetic rides, labelled synthetic or, as a stand-in
+    for a real TLC file, not."""
+    frame = data.synthetic_month("green", year, month, n_rides=n_rides)
+    if not synthetic:
+        frame.attrs["source"] = "TLC stand-in"
+    return data.write_month_file(frame, folder / month_filename("green", year, month))
+
+
+# --- when a month counts as scored -------------------------------------------------------------------
+
+
+def test_scored_already_needs_a_readable_output_of_the_same_month_rides_and_model(model, tmp_path):
+    real = batch.open_month("green", 2021, 3, input_file=month_file(tmp_path / "real", 2021, 3, synthetic=False))
+    synthetic = batch.open_month("green", 2021, 3, input_file=month_file(tmp_path / "synthetic", 2021, 3, synthetic=True))
+    destination = tmp_path / "output" / "2021-03.parquet"
+    assert batch.scored_already(destination, real, model.version) == (False, "no output yet")
+
+    score.score_month("green", 2021, 3, model, str(destination), month_input=real)
+    assert batch.scored_already(destination, real, model.version) == (True, f"already scored by {model.version} from real rides")
+    assert batch.scored_already(destination, synthetic, model.version) == (
+        False, "existing output was scored from real rides, these are synthetic")
+    assert batch.scored_already(destination, real, "m-other") == (False, f"existing output is by {model.version}")
+    april = batch.open_month("green", 2021, 4, input_file=month_file(tmp_path / "real", 2021, 4, synthetic=False))
+    assert batch.scored_already(destination, april, model.version) == (False, "existing output holds green/2021-03")
+    more = batch.open_month("green", 2021, 3, input_file=month_file(tmp_path / "more", 2021, 3, synthetic=False, n_rides=600))
+    assert batch.scored_already(destination, more, model.version) == (False, "existing output has 500 rows for 600 rides")
+
+    whole = destination.read_bytes()
+    destination.write_bytes(whole[:len(whole) // 2])  # a copy cut short
+    done, why = batch.scored_already(destination, real, model.version)
+    assert not done and why.startswith("existing output unreadable")
+
+
+def test_backfill_scores_again_what_is_not_done_and_skips_what_is(model, tmp_path, offline, monkeypatch):
+    """Months first scored from synthetic stand-ins are scored again from the real files; a truncated output
+    or one by another model is scored again; a matching one is skipped."""
+    folder, root = tmp_path / "data", tmp_path / "output"
+    for month in (1, 2, 3):
+        month_file(folder, 2021, month, synthetic=False)
+    monkeypatch.setenv("TAXI_DATA_DIR", str(tmp_path / "nothing"))
+
+    def statuses(**options):
+        summary = score.backfill("green", "2021-01", "2021-03", model, str(root), **options)
+        return [(row["status"], row["note"]) for row in summary]
+
+    assert [status for status, _ in statuses(synthetic="fallback")] == ["scored"] * 3  # no files: synthetic
+    outputs = [root / "green" / f"2021-0{month}.parquet" for month in (1, 2, 3)]
+    assert all(batch.output_info(output)["synthetic"] for output in outputs)
+
+    monkeypatch.setenv("TAXI_DATA_DIR", str(folder))  # the real files arrived
+    assert statuses(synthetic="fallback") == [
+        ("scored", "re-scored: existing output was scored from synthetic rides, these are real")] * 3
+    assert not any(batch.output_info(output)["synthetic"] for output in outputs)
+    assert [status for status, _ in statuses()] == ["skipped"] * 3
+
+    whole = outputs[0].read_bytes()
+    outputs[0].write_bytes(whole[:len(whole) // 2])
+    other = load_model(model.uri)
+    other.model_id = "m-another-model"
+    score.score_month("green", 2021, 2, other, str(outputs[1]))
+    untouched = outputs[2].stat().st_mtime_ns
+    summary = statuses()
+    assert [status for status, _ in summary] == ["scored", "scored", "skipped"]
+    assert summary[0][1].startswith("re-scored: existing output unreadable")
+    assert summary[1][1] == "re-scored: existing output is by m-another-model"
+    assert outputs[2].stat().st_mtime_ns == untouched
+    assert {batch.output_info(output)["model_version"] for output in outputs} == {model.version}
+
+
 # --- backfill -------------------------------------------------------------------------------------
 
 
@@ -444,9 +548,12 @@ def test_month_range():
 
 
 def test_walkthrough_notebook_runs(registered_model, tmp_path):
-    """notebooks/05-batch.ipynb under papermill: papermill runs, a backfill (then all skipped), plots."""
+    """notebooks/05-batch.ipynb under papermill: papermill runs, a backfill (then all skipped), RMSE per month
+    with the in-sample months marked, plots."""
     import nbformat
     import papermill
+
+    from ride_duration.notebooks import noise
 
     output_root, runs = tmp_path / "output", tmp_path / "runs"
     executed = tmp_path / "05-batch.ipynb"
@@ -463,8 +570,12 @@ def test_walkthrough_notebook_runs(registered_model, tmp_path):
     cells = nbformat.read(executed, as_version=4).cells
     text = "".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.outputs)
     assert text.count("skipped ") == 3  # the month papermill scored, then both on the second backfill
+    tables = "".join(o.get("data", {}).get("text/plain", "") for c in cells if c.cell_type == "code" for o in c.outputs)
+    assert "trained on 2021-01, validated on 2021-02" in text
+    assert "yes: validation month" in tables  # 2021-02 is the production model's validation month
     images = sum("image/png" in o.get("data", {}) for c in cells if c.cell_type == "code" for o in c.outputs)
     assert images == 3
+    assert [noise(path) for path in (executed, *runs.iterdir())] == [[], []]  # no library warnings or logs
 
 
 def test_local_output_has_the_usual_file_mode(tmp_path):

@@ -61,11 +61,11 @@ def test_download_cut_off_half_way_leaves_no_partial_file(empty_data_dir, monkey
     assert list(empty_data_dir.iterdir()) == []
 
 
-def test_synthetic_fallback_is_labelled(empty_data_dir, monkeypatch):
+def test_synthetic_fallback_is_labelled(empty_data_dir, monkeypatch, capsys):
     monkeypatch.setattr(data, "TLC_URL", "http://127.0.0.1:9/{filename}")
-    with pytest.warns(UserWarning, match="SYNTHETIC"):
-        df = data.read_month("green", 2021, 7, synthetic="fallback")
+    df = data.read_month("green", 2021, 7, synthetic="fallback")
     assert data.is_synthetic(df)
+    assert "using a SYNTHETIC month instead: green_tripdata_2021-07.parquet" in capsys.readouterr().err
 
 
 def test_synthetic_month_is_deterministic_and_keeps_its_label_on_disk(tmp_path):

@@ -1,6 +1,7 @@
 """Orchestrated batch: the Prefect 3 flows of notebooks/06-orchestrate.ipynb (exported to
-scripts/orchestrate.py) against a real Prefect server on loopback: the served monthly deployment
-triggered for a date, a backfill equal to scripts/score.py, retries on a transient read failure only.
+scripts/orchestrate.py) against a real Prefect server on loopback: the server's scheduler creating the
+monthly deployment's runs and one of them executing once due, the deployment triggered for a date, a
+backfill equal to scripts/score.py, retries on a transient read failure only.
 
 Prefect is the optional `orchestration` extra: `make test-orchestration` installs it and runs this
 file (nothing here may skip there); the core suite runs without Prefect and skips it.
@@ -13,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +23,7 @@ import pytest
 
 pytest.importorskip("prefect", reason="Prefect is the optional orchestration extra: make test-orchestration")
 
-from conftest import ROOT, environment, require_real_months  # noqa: E402
+from conftest import ROOT, environment, has_real_month, require_real_months  # noqa: E402
 from ride_duration import batch, data, local_stack  # noqa: E402
 
 FLOWS_PY = ROOT / "scripts" / "orchestrate.py"
@@ -78,7 +79,7 @@ def served(prefect_api, registered_model, tmp_path_factory, logs_dir):
     runner_port = local_stack.free_port()
     log = logs_dir / "prefect-serve.log"
     process = local_stack.start(
-        [sys.executable, str(FLOWS_PY), "serve", "--taxi-type", "green",
+        [sys.executable, str(FLOWS_PY), "serve", "--taxi-type", "green", "--synthetic-fallback",
          "--model-uri", registered_model["artifact_uri"], "--output-root", str(output_root)],
         log, f"http://{local_stack.HOST}:{runner_port}/health",
         env={"PREFECT_RUNNER_SERVER_ENABLE": "true", "PREFECT_RUNNER_SERVER_HOST": local_stack.HOST,
@@ -136,7 +137,91 @@ def test_backfill_dates_are_the_schedules_dates():
         assert flows.month_to_score(run_date) == (year, month)
 
 
-# --- served deployment, trigger, backfill -------------------------------------------------------
+# --- served deployment: the schedule, trigger, backfill -------------------------------------------
+
+
+def next_cron_times(cron: str, after: datetime, count: int) -> list[datetime]:
+    """The cron's next count firing times after `after`, in UTC (by cronsim, which Prefect's Cron uses)."""
+    from cronsim import CronSim
+
+    times = CronSim(cron, after.astimezone(timezone.utc))
+    return [next(times) for _ in range(count)]
+
+
+def scheduled_runs(deployment_id, expected: int, timeout: float) -> list:
+    """The deployment's runs in state Scheduled, earliest first, once there are `expected` of them."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                    any_=[StateType.SCHEDULED]))),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC)
+            if len(runs) >= expected or time.monotonic() > deadline:
+                return runs
+            time.sleep(1)
+
+
+def wait_final(flow_run_id, timeout: float):
+    """The flow run once its state is final (or as it is when timeout seconds have passed)."""
+    from prefect import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            if (run.state and run.state.is_final()) or time.monotonic() > deadline:
+                return run
+            time.sleep(1)
+
+
+def test_the_servers_scheduler_creates_the_monthly_runs_and_a_due_one_scores_its_month(
+        served, registered_model, logs_dir):
+    """The server's scheduler (not this test) creates the monthly deployment's runs at the cron's next
+    times; the earliest, made due now, is picked up by the served deployment and scores the month
+    before the date it was scheduled for (a month no file exists for: --synthetic-fallback scores a
+    synthetic one, labelled so)."""
+    from prefect import get_client
+    from prefect.states import Scheduled
+
+    server_log = logs_dir / "prefect-server.log"
+
+    def logs() -> str:
+        return (f"server log:\n{local_stack.log_tail(server_log)}\n"
+                f"serve log:\n{local_stack.log_tail(served['log'])}")
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(flows.MONTHLY)
+    runs = scheduled_runs(deployment.id, expected=2, timeout=180)
+    assert len(runs) >= 2, f"the server's scheduler created {len(runs)} runs of {flows.MONTHLY}\n{logs()}"
+    assert all(run.auto_scheduled for run in runs)
+    starts = [run.expected_start_time.astimezone(timezone.utc) for run in runs]
+    assert starts == next_cron_times(flows.MONTHLY_CRON, datetime.now(timezone.utc), len(runs))
+
+    due = runs[0]
+    year, month = flows.month_to_score(starts[0].date())
+    output = served["output_root"] / "green" / f"{year:04d}-{month:02d}.parquet"
+    assert not output.exists()
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(due.id, Scheduled(scheduled_time=datetime.now(timezone.utc)), force=True)
+    finished = wait_final(due.id, timeout=300)
+    assert finished.state.is_completed(), f"{finished.state}\n{logs()}"
+    assert finished.expected_start_time == due.expected_start_time  # still the date the scheduler gave it
+
+    info = batch.output_info(output)
+    assert info == {"model_version": registered_model["model_id"], "month": f"green/{year:04d}-{month:02d}",
+                    "synthetic": not has_real_month("green", year, month)}
+    assert len(batch.read_output(output)) > 0
+    assert staging_leftovers(served["output_root"]) == []
+    later = scheduled_runs(deployment.id, expected=len(runs) - 1, timeout=0)
+    assert [run.id for run in later][:len(runs) - 1] == [run.id for run in runs[1:]]
 
 
 def test_served_deployment_scores_the_month_before_the_trigger_date(served, registered_model):

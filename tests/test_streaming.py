@@ -253,20 +253,31 @@ def test_put_records_respects_the_request_size_limit():
     assert len(client.calls) == 3
 
 
-def test_rejected_predictions_are_reported_and_only_they_are_sent_again(handler, monkeypatch):
+def test_predictions_the_stream_keeps_rejecting_fail_the_invocation_and_only_they_are_sent_again(handler, monkeypatch):
+    """Throttling is the stream's fault, not the record's: the handler raises (an invocation error,
+    retried by Lambda) instead of naming good rides in batchItemFailures."""
     rides = [({"PULocationID": 130, "DOLocationID": 205, "trip_distance": 1.0 + i}, f"ride-{i}") for i in range(5)]
     client = FlakyKinesis(refuse_matching=b'"ride-2"')
     handler.container["kinesis"] = client
-    event = runner.lambda_event(fake_records([ride_event(*r) for r in rides]), "shardId-0",
+    event = runner.lambda_event(fake_records([ride_event(*r) for r in rides] + [b"poison"]), "shardId-0",
                                 "arn:aws:kinesis:us-east-1:123456789012:stream/in")
     monkeypatch.setattr(handler, "put_records", partial(put_records, sleep=lambda s: None))
 
-    response = handler.lambda_handler(event, None)
-    assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][2]["kinesis"]["sequenceNumber"]}]}
+    with pytest.raises(handler.PredictionsNotWritten, match="rejecting 1 of 5"):
+        handler.lambda_handler(event, None)
 
     client.calls.clear()
-    handler.lambda_handler({"Records": event["Records"][2:]}, None)  # Lambda re-delivers from the failed one
-    assert all(b'"ride-2"' in data for call in client.calls for data in call)
+    client.refuse_matching = None  # the throttling is over; Lambda invokes the same batch again
+    response = handler.lambda_handler(event, None)
+    assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][-1]["kinesis"]["sequenceNumber"]}]}
+    [[only]] = client.calls  # one put_records call with one record: the one that was rejected
+    assert b'"ride-2"' in only
+
+
+def test_a_missing_output_stream_fails_the_invocation(handler, monkeypatch, moto_url):
+    monkeypatch.setenv("PREDICTIONS_STREAM_NAME", unique("no-such-stream"))
+    with pytest.raises(Exception, match="ResourceNotFound"):
+        handler.lambda_handler(json.loads(SAMPLE_EVENT.read_text()), None)
 
 
 # --- the local event-source runner ---------------------------------------------------------------
@@ -300,7 +311,7 @@ def put_numbered(stream: str, n: int, start: int = 0) -> list[str]:
 
 def quick_settings(stream: str, tmp_path: Path, **changes) -> runner.RunnerSettings:
     defaults = dict(stream=stream, checkpoint=tmp_path / "checkpoint.json", batch_size=100, retry_backoff=0.0,
-                    max_seconds=30, idle_seconds=0.3)
+                    error_backoff=0.0, max_seconds=30, idle_seconds=0.3)
     return runner.RunnerSettings(**{**defaults, **changes})
 
 
@@ -339,23 +350,34 @@ def test_runner_sends_what_keeps_failing_to_the_failure_file_and_moves_on(make_s
     assert json.loads(settings.checkpoint.read_text())["shards"]["shardId-000000000000"] == seqs[-1]
 
 
-def test_runner_retries_a_whole_batch_when_the_handler_raises_or_answers_nonsense(make_stream, tmp_path):
+def test_runner_stops_on_a_handler_that_keeps_raising_or_answers_nonsense(make_stream, tmp_path):
+    """Invocation errors: the same batch again with back-off, then the runner stops; nothing is
+    checkpointed past the batch and nothing reaches the failure destination."""
     stream = make_stream()
     seqs = put_numbered(stream, 4)
 
     def crash(call, batch):
         raise RuntimeError("model store unreachable")
 
-    report = runner.run(ScriptedHandler(crash), quick_settings(stream, tmp_path, max_retries=1), log=lambda line: None)
-    failures = failures_in(tmp_path / "checkpoint.failures.jsonl")
-    assert [f["sequenceNumber"] for f in failures] == seqs and report.invocations == 2
-    assert "RuntimeError: model store unreachable" in failures[0]["reason"]
+    crashing = ScriptedHandler(crash)
+    settings = quick_settings(stream, tmp_path, error_retries=2, error_backoff=0.01)
+    with pytest.raises(runner.InvocationFailed, match="failed 3 times.*RuntimeError: model store unreachable"):
+        runner.run(crashing, settings, log=lambda line: None)
+    assert crashing.batches == [seqs] * 3
+    assert not settings.checkpoint.exists() and not (tmp_path / "checkpoint.failures.jsonl").exists()
+
+    recovers = ScriptedHandler(lambda call, batch: crash(call, batch) if call == 1 else None)
+    report = runner.run(recovers, settings, log=lambda line: None)
+    assert recovers.batches == [seqs, seqs] and (report.error_retries, report.failed) == (1, 0)
+    assert json.loads(settings.checkpoint.read_text())["shards"]["shardId-000000000000"] == seqs[-1]
 
     other = make_stream()
     other_seqs = put_numbered(other, 4)
     nonsense = ScriptedHandler(lambda call, batch: {"batchItemFailures": [{"itemIdentifier": "not-in-the-batch"}]})
-    runner.run(nonsense, quick_settings(other, tmp_path / "b", max_retries=1), log=lambda line: None)
+    with pytest.raises(runner.InvocationFailed, match="not in the batch: not-in-the-batch"):
+        runner.run(nonsense, quick_settings(other, tmp_path / "b", error_retries=1), log=lambda line: None)
     assert nonsense.batches == [other_seqs, other_seqs]
+    assert not (tmp_path / "b").exists()
 
 
 def test_runner_resumes_after_its_checkpoint_and_refuses_another_streams(make_stream, tmp_path):
@@ -500,7 +522,7 @@ def test_ten_thousand_rides_survive_killing_the_runner(ten_thousand_rides, make_
                 assert first.poll() is None, f"runner exited early ({first.returncode}); log {log}"
                 continue
             checkpoints += line.startswith("checkpoint ")
-            redelivering = re.match(r"redeliver \S+ from \S+ \((\d+) records\)", line)
+            redelivering = re.match(r"redeliver \S+ from \S+ \((\d+) records?\)", line)
             if checkpoints >= 10 and redelivering and int(redelivering.group(1)) >= 5:
                 break  # a poison record and good rides after it, written but not checkpointed
         else:
@@ -512,8 +534,9 @@ def test_ten_thousand_rides_survive_killing_the_runner(ten_thousand_rides, make_
     assert json.loads(checkpoint.read_text())["shards"]
 
     second = subprocess.run(command + ["--retry-backoff", "0.01"], env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "idle" in second.stdout.splitlines()[-1]
+    assert second.returncode == runner.EXIT_RECORDS_FAILED, second.stderr[-3000:]  # the poison
+    [done] = [line for line in second.stdout.splitlines() if line.startswith("done: ")]
+    assert "stopped: idle" in done
 
     predictions = read_predictions(out)
     counts = check_predictions(predictions, ten_thousand_rides["expected"], registered_model["model_id"])
@@ -641,7 +664,7 @@ def lambda_image(tmp_path_factory):
     try:
         return image.build(tmp_path_factory.mktemp("lambda-image"))
     except subprocess.CalledProcessError as error:
-        pytest.fail(f"could not lay out the Lambda image's packages from uv's cache: {error.stderr}")
+        pytest.fail(f"could not lay out the Lambda image's packages from its requirements file: {error.stderr}")
 
 
 def test_lambda_image_serves_the_sample_event_with_only_its_own_packages(lambda_image, registered_model, make_stream):
@@ -679,6 +702,8 @@ print(json.dumps({{"response": response, "package": ride_duration.__file__, "mlf
 def test_notebook_04_runs_the_whole_loop(registered_model, tmp_path):
     import papermill
 
+    from ride_duration.notebooks import noise
+
     output = tmp_path / "04-streaming.ipynb"
     with tracking_store(registered_model["tracking_uri"]):  # the kernel resolves the alias there
         papermill.execute_notebook(
@@ -689,3 +714,7 @@ def test_notebook_04_runs_the_whole_loop(registered_model, tmp_path):
     text = output.read_text()
     assert "300 predictions for 300 rides" in text
     assert "rides without a prediction: 0" in text
+    assert "the runner stopped:" in text and "ResourceNotFoundException" in text  # the outage
+    assert "checkpoint unchanged: True" in text and "records in the failure file: 2" in text
+    assert "100 records read" in text and "0 to the failure destination" in text  # the restart
+    assert noise(output) == []  # no library warnings or logs

@@ -399,6 +399,8 @@ def test_fresh_venv_from_requirements_runs_the_dockerfile_cmd(tmp_path, register
 def test_notebook_03_runs_under_papermill(tmp_path, registered_model):
     import papermill
 
+    from ride_duration.notebooks import noise
+
     output = tmp_path / "03-web-service.ipynb"
     papermill.execute_notebook(
         str(ROOT / "notebooks" / "03-web-service.ipynb"), str(output),
@@ -414,3 +416,4 @@ def test_notebook_03_runs_under_papermill(tmp_path, registered_model):
     assert example, printed[:2000]
     assert float(example.group(1)) == pytest.approx(expected(registered_model, [EXAMPLE_RIDE])[0], abs=1e-9)
     assert "-> HTTP 200" in printed, "the gunicorn demo cell did not get an answer through client.py"
+    assert noise(output) == []  # no library warnings or logs

@@ -24,8 +24,8 @@ test: test-core test-orchestration  ## every test (TAXI_DATA_DIR points at real 
 test-core: setup  ## every test but Prefect's and the README runs, in the core install (which has no Prefect)
 	$(PY) -m pytest --ignore=tests/test_orchestration.py --ignore=tests/test_readme.py
 
-# The README runs are here because some of their blocks install the extra, offline: from uv's cache, which the
-# sync above has filled.
+# The README runs are here because some of their blocks install the extra offline, from uv's cache, which this
+# target's first line has filled.
 test-orchestration: $(UV)  ## the Prefect tests and the README runs, after adding the optional orchestration extra
 	$(UV) sync --frozen --compile-bytecode --extra orchestration
 	$(PY) -c "import prefect"  # fail, not skip, if the extra did not install

@@ -6,8 +6,8 @@
 The answers file has one line per question, a letter or the number you found (blank lines and
 `# comments` are ignored; a question left blank counts as unanswered):
 
-    q1: B
-    q2: 3.28
+    q1: C
+    q2: 7.2
     q3: A
 
 A number is right only within the question's tolerance of the computed answer (homework/README.md

@@ -36,7 +36,13 @@ def main(argv=None) -> int:
     parser.add_argument("file", type=Path, help="one record per line")
     parser.add_argument("--stream", default="homework_events")
     args = parser.parse_args(argv)
-    sent = send(boto3.client("kinesis"), args.stream, args.file)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        sent = send(boto3.client("kinesis"), args.stream, args.file)
+    except (OSError, RuntimeError, BotoCoreError, ClientError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"sent {sent} records of {args.file} to {args.stream}")
     return 0
 

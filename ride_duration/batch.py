@@ -254,7 +254,7 @@ def _file_input(path: Path, taxi_type: str, year: int, month: int) -> MonthInput
     return MonthInput(taxi_type, year, month, str(path), synthetic, parquet.metadata.num_rows, _file=parquet)
 
 
-MIN_SHARE_IN_MONTH = 0.5  # real months have a few stray pickups (well under 1%); another month's file has almost none
+MIN_SHARE_IN_MONTH = 0.5  # real months have a few stray pickups; another month's file has almost none
 
 
 def timestamp_ticks(pickups) -> tuple[np.ndarray, str]:
@@ -299,7 +299,7 @@ def check_pickup_month(month_input: MonthInput, in_month: int, with_time: int) -
 
 
 def output_schema(taxi_type: str):
-    """The fixed batch output columns (DESIGN.md), with the taxi type's pickup column name."""
+    """The fixed batch output columns, with the taxi type's pickup column name."""
     import pyarrow as pa
 
     return pa.schema([
@@ -484,7 +484,7 @@ def scored_already(destination: str | Path, month_input: MonthInput, model_versi
     try:
         info = output_info(destination)
         rows = None if info is None or is_s3(destination) else output_rows(destination)
-    except Exception as error:  # a footer that does not parse, or S3 refusing the request
+    except (OSError, ValueError) as error:  # a local file cut short; S3 errors are the endpoint's, and raise
         return False, f"existing output unreadable ({type(error).__name__})"
     if info is None:
         return False, "no output yet"

@@ -13,7 +13,7 @@ import pyarrow as pa
 from ride_duration.batch import (MonthInput, arrow_array, atomic_parquet, check_pickup_month, default_output,
                                  fixed_width_strings, open_month, output_info_for, output_schema, pickups_in_month,
                                  ride_columns, scored_already)
-from ride_duration.data import BadMonthFile, MonthNotAvailable, check_month
+from ride_duration.data import BadMonthFile, MonthNotAvailable, check_month, pickup_column
 from ride_duration.features import FastPredictor
 from ride_duration.model import ModelLoadError, load_model
 
@@ -103,7 +103,7 @@ def score_month(taxi_type: str, year: int, month: int, model, output_file: str |
             scored = score_batch(rides, first_row, predictor, model.version, taxi_type, year, month)
             writer.write_table(scored)
             rows += len(rides)
-            counts = pickups_in_month(scored.column(1), year, month)
+            counts = pickups_in_month(scored.column(pickup_column(taxi_type)), year, month)
             in_month, with_time = in_month + counts[0], with_time + counts[1]
         if not allow_other_month:
             check_pickup_month(month_input, in_month, with_time)

@@ -11,15 +11,18 @@ As Lambda does, it
 - honours ReportBatchItemFailures: when the handler names failed records, the batch is delivered
   again from the lowest failed sequence number, at most --max-retries times; what still fails then
   goes to a failure destination (a JSON-lines file, or a failure stream) and the shard moves on,
-- treats a handler that raises (model not loadable, output stream missing, endpoint down) as an
-  invocation error: the same batch is invoked again with back-off (--error-retries,
-  --error-backoff), never checkpointed past nor sent to the failure destination; when the retries
-  are used up the runner stops, and a restart resumes from the checkpoint,
 - checkpoints each shard (the last sequence number handled, in a JSON file replaced atomically),
   so that a restart resumes where it stopped. Delivery is at least once: records of a batch that
   was being handled when the runner died are delivered again; ride_id identifies them.
 It stops after --max-batches handler calls, after --max-seconds, or when every shard has been
 caught up for --idle-seconds.
+
+Unlike Lambda, which skips a batch once its invocation errors have used up MaximumRetryAttempts,
+it stops: a handler that raises (model not loadable, output stream missing, endpoint down) makes
+it invoke the same batch again with back-off (--error-retries, --error-backoff), never
+checkpointing past it nor sending it to the failure destination; when those retries are used up
+the runner stops, and a restart resumes from the checkpoint. Nothing is skipped without a person
+deciding.
 
 `replay` puts the records of a failure file back on a stream (after fixing what made them fail),
 with their partition keys; the replayed lines move to FILE.replayed.

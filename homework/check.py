@@ -6,7 +6,7 @@
 The answers file has one line per question, a letter or the number you found (blank lines and
 `# comments` are ignored; a question left blank counts as unanswered):
 
-    q1: C
+    q1: A
     q2: 7.2
     q3: A
 

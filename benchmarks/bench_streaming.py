@@ -77,10 +77,10 @@ def drive(handler, stream: str, checkpoint: Path, batch_size: int = BATCH_SIZE) 
 
 def throughput(folder: Path, model: Path) -> Table:
     import boto3
-
     import consumer
     import deploy
     import producer
+
     from ride_duration.data import read_month
 
     kinesis = boto3.client("kinesis")

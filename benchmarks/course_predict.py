@@ -10,7 +10,7 @@ import pickle
 from flask import Flask, jsonify, request
 
 with open(os.environ.get("COURSE_MODEL_FILE", "lin_reg.bin"), "rb") as f_in:
-    (dv, model) = pickle.load(f_in)  # noqa: S301 - written by benchmarks/bench_web.py
+    (dv, model) = pickle.load(f_in)  # written by benchmarks/bench_web.py
 
 
 def prepare_features(ride):

@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +33,7 @@ EXAMPLE_RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40.0}  
 SAMPLE_EVENT = ROOT / "streaming" / "events" / "kinesis-sample.json"
 STREAM_SAMPLE = HERE / "stream-sample.jsonl"
 BACKFILL_MONTHS = [(2021, m) for m in range(1, 6)]
-SCHEDULE_AFTER = datetime(2021, 12, 15, 12, 0, tzinfo=timezone.utc)  # Q10: the next two runs after this
+SCHEDULE_AFTER = datetime(2021, 12, 15, 12, 0, tzinfo=UTC)  # Q10: the next two runs after this
 VARIANTS = ("tlc", "synthetic")
 LETTERS = "ABCD"
 
@@ -134,10 +134,10 @@ def scored_month(model, year: int, month: int, synthetic: bool, output: Path):
 def registry_answer() -> str:
     """Q4: the registry steps run in a throwaway MLflow store; then where the aliases lead."""
     import mlflow
+    import registry_steps
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    import registry_steps
     from ride_duration.model import load_model
 
     saved = os.environ.get("MLFLOW_TRACKING_URI")
@@ -167,6 +167,7 @@ def stream_answer() -> str:
     import lambda_function
     import runner
     import send_events
+
     from ride_duration import local_stack
     from ride_duration.kinesis import read_stream
 

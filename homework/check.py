@@ -28,7 +28,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from answers import CHOICES, LETTERS, MODEL_SHA256, OPTIONS, TOLERANCE, VARIANTS, key_path, model_sha256, within_tolerance  # noqa: E402
+from answers import (  # noqa: E402
+    CHOICES,
+    LETTERS,
+    MODEL_SHA256,
+    OPTIONS,
+    TOLERANCE,
+    VARIANTS,
+    key_path,
+    model_sha256,
+    within_tolerance,
+)
 
 HINTS = {
     "q1": "read the papermill run's output parquet with pandas and take .std() of predicted_duration "

@@ -16,9 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sklearn.linear_model import LinearRegression
-
 from answers import model_sha256
+from sklearn.linear_model import LinearRegression
 
 HERE = Path(__file__).resolve().parent
 MODEL_DIR = HERE / "model"

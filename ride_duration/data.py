@@ -12,7 +12,6 @@ import os
 import sys
 import zlib
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np

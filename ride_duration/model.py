@@ -119,7 +119,7 @@ def load_model_folder(folder: Path, uri: str | None = None, *, without_sklearn: 
         pipeline = load_linear_pipeline(data) if without_sklearn else None
         if pipeline is None:
             with open(data, "rb") as f:
-                pipeline = pickle.load(f)  # noqa: S301 - only our own registry's models are loaded
+                pipeline = pickle.load(f)  # only our own registry's models are loaded
     model_id = info.get("model_id") or info.get("run_id") or "unknown"
     return LoadedModel(pipeline=pipeline, model_id=model_id, uri=uri or str(folder), info=info)
 
@@ -166,7 +166,7 @@ def load_linear_pipeline(path: Path):
 
     with open(path, "rb") as f:
         try:
-            pipeline = StandInUnpickler(f).load()  # noqa: S301 - only our own registry's models are loaded
+            pipeline = StandInUnpickler(f).load()  # only our own registry's models are loaded
         except Unknown:
             return None
     return pipeline if FastPredictor(pipeline).linear else None

@@ -7,8 +7,8 @@ in seconds without running a notebook.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 
@@ -180,6 +180,7 @@ def version_model_id(version) -> str:
 def judge(candidate, champion, metric: str) -> tuple[bool, str, float | None]:
     """(promote?, why, the champion's RMSE on the candidate's data) for a candidate run against a champion."""
     import mlflow
+
     from ride_duration.model import load_model
 
     data, rmse_new = validation_data(candidate), candidate.data.metrics[metric]

@@ -45,12 +45,11 @@ if __name__ == "__main__":  # the command line: the local server's settings unle
 
 
 sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
-from score import month_range, score_month  # noqa: E402  the batch scorer, exported from notebooks/score.ipynb
-
-from prefect import flow, serve, task  # noqa: E402
-from prefect.artifacts import create_table_artifact  # noqa: E402
-from prefect.runtime import flow_run  # noqa: E402
-from prefect.schedules import Cron  # noqa: E402
+from prefect import flow, serve, task
+from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
+from prefect.schedules import Cron
+from score import month_range, score_month  # the batch scorer, exported from notebooks/score.ipynb
 
 
 MONTHLY_CRON = "0 6 2 * *"  # 06:00 UTC on the 2nd of every month

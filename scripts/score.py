@@ -10,9 +10,20 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from ride_duration.batch import (MonthInput, arrow_array, atomic_parquet, check_pickup_month, default_output,
-                                 fixed_width_strings, open_month, output_info_for, output_schema, pickups_in_month,
-                                 ride_columns, scored_already)
+from ride_duration.batch import (
+    MonthInput,
+    arrow_array,
+    atomic_parquet,
+    check_pickup_month,
+    default_output,
+    fixed_width_strings,
+    open_month,
+    output_info_for,
+    output_schema,
+    pickups_in_month,
+    ride_columns,
+    scored_already,
+)
 from ride_duration.data import BadMonthFile, MonthNotAvailable, check_month, pickup_column
 from ride_duration.features import FastPredictor
 from ride_duration.model import ModelLoadError, load_model

@@ -17,8 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import ROOT, real_green_months, require_real_months, tracking_store
+
 from ride_duration import batch, data
 from ride_duration.data import add_duration, month_filename, read_month_file
 from ride_duration.features import FastPredictor, frame_features
@@ -160,10 +160,10 @@ def test_score_py_imports_neither_sklearn_nor_pandas(registered_model, tmp_path)
     program = (
         "import runpy, sys\n"
         "sys.argv = ['score.py', '--year', '2021', '--month', '3', '--model-uri', sys.argv[1], '--output', sys.argv[2]]\n"
-        "try:\n    runpy.run_path(sys.argv[0] and %r, run_name='__main__')\n"
+        f"try:\n    runpy.run_path(sys.argv[0] and {str(SCORE_PY)!r}, run_name='__main__')\n"
         "except SystemExit as exit:\n    assert exit.code == 0, exit.code\n"
         "print(sorted(m for m in ('sklearn', 'scipy', 'pandas', 'mlflow') if m in sys.modules))\n"
-    ) % str(SCORE_PY)
+    )
     run = subprocess.run([sys.executable, "-c", program, registered_model["artifact_uri"], str(tmp_path / "out.parquet")],
                          capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0, run.stderr[-2000:]

@@ -7,8 +7,8 @@ import threading
 
 import pandas as pd
 import pytest
-
 from conftest import require_real_months
+
 from ride_duration import data
 
 

@@ -7,11 +7,10 @@ import sys
 
 import nbformat
 import pytest
-
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
-import export  # noqa: E402
+import export
 
 
 def make_notebook(path):

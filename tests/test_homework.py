@@ -9,16 +9,15 @@ import json
 import re
 import subprocess
 import sys
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import nbformat
 import pytest
-
 from conftest import ROOT, require_real_months
 
 sys.path.insert(0, str(ROOT / "homework"))
-import answers  # noqa: E402
-import check  # noqa: E402
+import answers
+import check
 
 REAL_MONTHS = [("green", 2021, m) for m in range(1, 6)]
 NUMERIC = sorted(answers.TOLERANCE)
@@ -209,7 +208,7 @@ def test_starter_notebook_shows_marks_and_hints_for_wrong_answers(tmp_path):
     assert "q9: right" in shown and "1/10 right (tlc months)" in shown
 
 
-UTC = timezone.utc
+UTC = UTC
 
 
 @pytest.mark.parametrize("cron, after, expected", [

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from ride_duration import local_stack
 
 SCRIPT = ROOT / "scripts" / "local_stack.py"

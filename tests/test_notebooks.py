@@ -7,13 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, tracking_store
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from run_notebooks import declared_parameters, parse_value, report, run_notebook  # noqa: E402
+from run_notebooks import declared_parameters, parse_value, report, run_notebook
 
-from ride_duration.notebooks import noise  # noqa: E402
+from ride_duration.notebooks import noise
 
 PUBLISHED_BASELINE_RMSE = 7.758715209092169
 

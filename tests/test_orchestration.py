@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -23,8 +23,9 @@ import pytest
 
 pytest.importorskip("prefect", reason="Prefect is the optional orchestration extra: make test-orchestration")
 
-from conftest import ROOT, environment, has_real_month, require_real_months  # noqa: E402
-from ride_duration import batch, data, local_stack  # noqa: E402
+from conftest import ROOT, environment, has_real_month, require_real_months
+
+from ride_duration import batch, data, local_stack
 
 FLOWS_PY = ROOT / "scripts" / "orchestrate.py"
 SCORE_PY = ROOT / "scripts" / "score.py"
@@ -144,15 +145,20 @@ def next_cron_times(cron: str, after: datetime, count: int) -> list[datetime]:
     """The cron's next count firing times after `after`, in UTC (by cronsim, which Prefect's Cron uses)."""
     from cronsim import CronSim
 
-    times = CronSim(cron, after.astimezone(timezone.utc))
+    times = CronSim(cron, after.astimezone(UTC))
     return [next(times) for _ in range(count)]
 
 
 def scheduled_runs(deployment_id, expected: int, timeout: float) -> list:
     """The deployment's runs in state Scheduled, earliest first, once there are `expected` of them."""
     from prefect import get_client
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
-                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 
@@ -202,15 +208,15 @@ def test_the_servers_scheduler_creates_the_monthly_runs_and_a_due_one_scores_its
     runs = scheduled_runs(deployment.id, expected=2, timeout=180)
     assert len(runs) >= 2, f"the server's scheduler created {len(runs)} runs of {flows.MONTHLY}\n{logs()}"
     assert all(run.auto_scheduled for run in runs)
-    starts = [run.expected_start_time.astimezone(timezone.utc) for run in runs]
-    assert starts == next_cron_times(flows.MONTHLY_CRON, datetime.now(timezone.utc), len(runs))
+    starts = [run.expected_start_time.astimezone(UTC) for run in runs]
+    assert starts == next_cron_times(flows.MONTHLY_CRON, datetime.now(UTC), len(runs))
 
     due = runs[0]
     year, month = flows.month_to_score(starts[0].date())
     output = served["output_root"] / "green" / f"{year:04d}-{month:02d}.parquet"
     assert not output.exists()
     with get_client(sync_client=True) as client:
-        client.set_flow_run_state(due.id, Scheduled(scheduled_time=datetime.now(timezone.utc)), force=True)
+        client.set_flow_run_state(due.id, Scheduled(scheduled_time=datetime.now(UTC)), force=True)
     finished = wait_final(due.id, timeout=300)
     assert finished.state.is_completed(), f"{finished.state}\n{logs()}"
     assert finished.expected_start_time == due.expected_start_time  # still the date the scheduler gave it

@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import requests
-
 from conftest import ROOT, environment, start_web_service, tracking_store
+
 from ride_duration import local_stack
 from ride_duration.batch import read_output
 from ride_duration.data import read_month, write_month_file
@@ -111,7 +111,7 @@ def lambda_handler(rides, model, tmp_path):
 
     records = [
         {"Data": json.dumps({"ride": ride, "ride_id": i}).encode(), "PartitionKey": str(i),
-         "SequenceNumber": str(1000 + i), "ApproximateArrivalTimestamp": datetime.now(timezone.utc)}
+         "SequenceNumber": str(1000 + i), "ApproximateArrivalTimestamp": datetime.now(UTC)}
         for i, ride in enumerate(rides)
     ]
     event = runner.lambda_event(records, "shardId-000000000000", "arn:aws:kinesis:us-east-1:000000000000:stream/rides")

@@ -8,13 +8,13 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, require_real_months, tracking_store
-from ride_duration import batch, train
 from test_batch import import_score
 
+from ride_duration import batch, train
+
 sys.path.insert(0, str(ROOT / "scripts"))
-from run_notebooks import run_notebook  # noqa: E402
+from run_notebooks import run_notebook
 
 MODEL = "ride-duration"
 PRODUCTION_URI = f"models:/{MODEL}@production"

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import require_real_months
 from readme_blocks import ReadmeError, network_namespace_works, parse, run_readme, shows
+
 from ride_duration import local_stack
 
 ROOT = Path(__file__).resolve().parents[1]

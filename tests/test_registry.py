@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import tracking_store
+
 from ride_duration import local_stack, train
 from ride_duration.features import ride_features
 from ride_duration.model import ModelLoadError, artifact_uri, load_model

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-
 from conftest import ROOT
+
 from ride_duration.data import read_month
 from ride_duration.kinesis import put_records, read_stream
 

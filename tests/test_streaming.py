@@ -18,14 +18,14 @@ import threading
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
 import boto3
 import pytest
-
 from conftest import IN_CI, ROOT, require_real_months, tracking_store
+
 from ride_duration import local_stack
 from ride_duration.data import read_month
 from ride_duration.features import BadRide, ride_features, validate_ride
@@ -81,7 +81,7 @@ def read_predictions(stream: str) -> list[dict]:
 
 def fake_records(datas: list[bytes]) -> list[dict]:
     """Records as get_records returns them, for building events without a stream."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return [
         {"Data": data, "PartitionKey": f"key-{i}", "SequenceNumber": str(1000 + i), "ApproximateArrivalTimestamp": now}
         for i, data in enumerate(datas)
@@ -212,7 +212,7 @@ class FlakyKinesis:
         self.refuse_matching = refuse_matching
         self.calls: list[list[bytes]] = []
 
-    def put_records(self, StreamName, Records):  # noqa: N803 - boto3's argument names
+    def put_records(self, StreamName, Records):  # boto3's argument names
         self.calls.append([r["Data"] for r in Records])
         results = []
         for r in Records:

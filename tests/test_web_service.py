@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import WEB_SERVICE_COMMAND as PREDICT_COMMAND
 from conftest import start_web_service as start_service
+from prometheus_client.parser import text_string_to_metric_families
+
 from ride_duration import local_stack
 from ride_duration.features import FastPredictor, ride_features, validate_ride
 

@@ -43,7 +43,7 @@ control_socket_disable = True
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="predict-metrics-")
 
-    def remove_metrics_dir(folder=os.environ["PROMETHEUS_MULTIPROC_DIR"], master_pid=os.getpid()):
+    def remove_metrics_dir(folder=os.environ["PROMETHEUS_MULTIPROC_DIR"], master_pid=os.getpid()):  # noqa: B008 - the master's pid, taken once
         if os.getpid() == master_pid:  # workers inherit this handler; only the master cleans up
             shutil.rmtree(folder, ignore_errors=True)
 

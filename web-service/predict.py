@@ -7,10 +7,24 @@ import sys
 import time
 
 from flask import Flask, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import generate_latest, multiprocess
-from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, Unauthorized
-from werkzeug.exceptions import UnprocessableEntity, UnsupportedMediaType
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    RequestEntityTooLarge,
+    Unauthorized,
+    UnprocessableEntity,
+    UnsupportedMediaType,
+)
 
 from ride_duration.features import BadRide, FastPredictor, ride_features, validate_ride
 from ride_duration.model import LoadedModel, ModelLoadError, load_model

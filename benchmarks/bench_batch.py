@@ -103,10 +103,11 @@ print("LAUNCHER " + json.dumps(report), file=sys.stderr)
 
 def run_measured(command: list[str], env: dict) -> tuple[str, float, float]:
     """Run one command in its own process: (stdout, wall seconds, peak RSS in MB)."""
-    run = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True, env=env,
-                         cwd=ROOT, timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900
+    )
     reports = [line for line in run.stderr.splitlines() if line.startswith("LAUNCHER ")]
-    report = json.loads(reports[-1][len("LAUNCHER "):]) if reports else {"exit": run.returncode}
+    report = json.loads(reports[-1][len("LAUNCHER ") :]) if reports else {"exit": run.returncode}
     if report["exit"] != 0:
         raise RuntimeError(f"{' '.join(map(str, command[:4]))}... failed ({report['exit']}):\n{run.stderr[-3000:]}")
     return run.stdout, report["wall"], report["peak_rss_kb"] / 1024  # ru_maxrss is in KiB on Linux
@@ -179,8 +180,19 @@ def run() -> list[Table]:
 
     table = Table(
         title="Batch scoring: the course's way vs scripts/score.py (each in its own process, medians)",
-        headers=["month", "rows", "way", "process s", "rows/s (process)", "start-up s", "read+score+write s",
-                 "peak RSS MB", "speed-up (process)", "speed-up (read+score+write)", "same predictions"],
+        headers=[
+            "month",
+            "rows",
+            "way",
+            "process s",
+            "rows/s (process)",
+            "start-up s",
+            "read+score+write s",
+            "peak RSS MB",
+            "speed-up (process)",
+            "speed-up (read+score+write)",
+            "same predictions",
+        ],
     )
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
@@ -190,11 +202,40 @@ def run() -> list[Table]:
         for label, taxi_type, year, month, path in months_to_score(folder):
             outputs = {way: folder / f"{way}.parquet" for way in ("course", "ours", "floor")}
             ways = {
-                "course": ([sys.executable, "-m", "benchmarks.bench_batch", "course", taxi_type, str(year), str(month),
-                            str(path), model_uri, str(outputs["course"])], json_seconds),
-                "ours": ([sys.executable, str(ROOT / "scripts" / "score.py"), "--taxi-type", taxi_type, "--year",
-                          str(year), "--month", str(month), "--input", str(path), "--model-uri", model_uri,
-                          "--output", str(outputs["ours"])], ours_seconds),
+                "course": (
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.bench_batch",
+                        "course",
+                        taxi_type,
+                        str(year),
+                        str(month),
+                        str(path),
+                        model_uri,
+                        str(outputs["course"]),
+                    ],
+                    json_seconds,
+                ),
+                "ours": (
+                    [
+                        sys.executable,
+                        str(ROOT / "scripts" / "score.py"),
+                        "--taxi-type",
+                        taxi_type,
+                        "--year",
+                        str(year),
+                        "--month",
+                        str(month),
+                        "--input",
+                        str(path),
+                        "--model-uri",
+                        model_uri,
+                        "--output",
+                        str(outputs["ours"]),
+                    ],
+                    ours_seconds,
+                ),
             }
             runs = {way: [] for way in (*ways, "floor")}
             rounds = ROUNDS["real" if "real" in label else "synthetic"]
@@ -206,8 +247,18 @@ def run() -> list[Table]:
                     runs[way].append((wall, seconds_of(stdout), rss, stdout))
                 # The I/O floor reads ours' output, so it runs after ours.
                 stdout, wall, rss = run_measured(
-                    [sys.executable, "-m", "benchmarks.bench_batch", "io-floor", taxi_type, str(outputs["ours"]),
-                     str(path), str(outputs["floor"])], env)
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.bench_batch",
+                        "io-floor",
+                        taxi_type,
+                        str(outputs["ours"]),
+                        str(path),
+                        str(outputs["floor"]),
+                    ],
+                    env,
+                )
                 runs["floor"].append((wall, json_seconds(stdout), rss, stdout))
             rows = int(SCORED_LINE.search(runs["ours"][-1][3]).group(1).replace(",", ""))
             assert rows == json.loads(runs["course"][-1][3].strip().splitlines()[-1])["rows"]
@@ -222,16 +273,28 @@ def run() -> list[Table]:
             # The floor process reads the scored file before its clock starts: its own start-up is not ours.
             start_up["floor"] = start_up["ours"]
             process["floor"] = start_up["ours"] + inside["floor"]
-            names = {"course": "course: to_dict + pipeline.predict", "ours": "ours: scripts/score.py",
-                     "floor": "floor: ours' start-up + I/O only"}
+            names = {
+                "course": "course: to_dict + pipeline.predict",
+                "ours": "ours: scripts/score.py",
+                "floor": "floor: ours' start-up + I/O only",
+            }
             for way in ("course", "ours", "floor"):
                 faster = way != "course"
-                table.rows.append([
-                    label, rows, names[way], process[way], rows / process[way], start_up[way], inside[way], rss[way],
-                    f"{process['course'] / process[way]:.1f}x" if faster else "",
-                    f"{inside['course'] / inside[way]:.1f}x" if faster else "",
-                    ("bit-identical" if same else "DIFFERENT") if way == "ours" else "",
-                ])
+                table.rows.append(
+                    [
+                        label,
+                        rows,
+                        names[way],
+                        process[way],
+                        rows / process[way],
+                        start_up[way],
+                        inside[way],
+                        rss[way],
+                        f"{process['course'] / process[way]:.1f}x" if faster else "",
+                        f"{inside['course'] / inside[way]:.1f}x" if faster else "",
+                        ("bit-identical" if same else "DIFFERENT") if way == "ours" else "",
+                    ]
+                )
     load_after = os.getloadavg()
     table.note = (
         "process s: the whole process, start to exit (interpreter start, imports, model loading from its "

@@ -59,7 +59,9 @@ def save_model(folder: Path) -> Path:
     rides = training_rides(read_month("green", 2021, 1, synthetic="fallback"), "green")
     pipeline = train.fit(train.make_pipeline(LinearRegression()), rides)
     path = folder / "model"
-    mlflow.sklearn.save_model(pipeline, str(path), serialization_format=train.SERIALIZATION_FORMAT, pip_requirements=train.PIP_REQUIREMENTS)
+    mlflow.sklearn.save_model(
+        pipeline, str(path), serialization_format=train.SERIALIZATION_FORMAT, pip_requirements=train.PIP_REQUIREMENTS
+    )
     return path
 
 
@@ -68,8 +70,9 @@ def drive(handler, stream: str, checkpoint: Path, batch_size: int = BATCH_SIZE) 
     import runner
 
     marks = []
-    settings = runner.RunnerSettings(stream=stream, checkpoint=checkpoint, batch_size=batch_size,
-                                     max_seconds=MAX_SECONDS, idle_seconds=0.5)
+    settings = runner.RunnerSettings(
+        stream=stream, checkpoint=checkpoint, batch_size=batch_size, max_seconds=MAX_SECONDS, idle_seconds=0.5
+    )
     started = time.perf_counter()
     report = runner.run(handler, settings, log=lambda line: marks.append(time.perf_counter()))
     return marks[-1] - started, report.records
@@ -85,7 +88,11 @@ def throughput(folder: Path, model: Path) -> Table:
 
     kinesis = boto3.client("kinesis")
     rides_in, course_out, ours_out, ours_big_out = streams = (
-        "ride_events", "course_predictions", "our_predictions", "our_predictions_big_batches")
+        "ride_events",
+        "course_predictions",
+        "our_predictions",
+        "our_predictions_big_batches",
+    )
     for name in streams:
         deploy.ensure_stream(kinesis, name)
     month = read_month("green", 2021, 2, synthetic="fallback")
@@ -110,14 +117,22 @@ def throughput(folder: Path, model: Path) -> Table:
     warm_container(ours_big_out)
     big_seconds, big_records = drive(lambda_function.lambda_handler, rides_in, folder / "ours-big.json", BIG_BATCH_SIZE)
 
-    course = {p["prediction"]["ride_id"]: p["prediction"]["ride_duration"]
-              for p in consumer.read_predictions(kinesis, course_out, idle_seconds=0.5)}
+    course = {
+        p["prediction"]["ride_id"]: p["prediction"]["ride_duration"]
+        for p in consumer.read_predictions(kinesis, course_out, idle_seconds=0.5)
+    }
     for stream, records in ((ours_out, ours_records), (ours_big_out, big_records)):
-        ours = {p["prediction"]["ride_id"]: p["prediction"]["ride_duration"]
-                for p in consumer.read_predictions(kinesis, stream, idle_seconds=0.5)}
-        if not (len(course) == len(ours) == N_RECORDS == course_records == records
-                and max(abs(course[k] - ours[k]) for k in ours) <= 1e-9):
-            raise RuntimeError(f"the handlers disagree: {len(course)} vs {len(ours)} predictions for {N_RECORDS} records")
+        ours = {
+            p["prediction"]["ride_id"]: p["prediction"]["ride_duration"]
+            for p in consumer.read_predictions(kinesis, stream, idle_seconds=0.5)
+        }
+        if not (
+            len(course) == len(ours) == N_RECORDS == course_records == records
+            and max(abs(course[k] - ours[k]) for k in ours) <= 1e-9
+        ):
+            raise RuntimeError(
+                f"the handlers disagree: {len(course)} vs {len(ours)} predictions for {N_RECORDS} records"
+            )
 
     course_rate, ours_rate, big_rate = (N_RECORDS / s for s in (course_seconds, ours_seconds, big_seconds))
     return Table(
@@ -125,12 +140,25 @@ def throughput(folder: Path, model: Path) -> Table:
         headers=["handler", "records", "seconds", "records/s", "vs course"],
         rows=[
             ["course: predict + put_record per record", N_RECORDS, course_seconds, course_rate, "1x"],
-            ["ours: one predict + put_records per batch", N_RECORDS, ours_seconds, ours_rate, f"{ours_rate / course_rate:.1f}x"],
-            [f"ours, batches of {BIG_BATCH_SIZE} (BatchSize={BIG_BATCH_SIZE})", N_RECORDS, big_seconds, big_rate,
-             f"{big_rate / course_rate:.1f}x"],
+            [
+                "ours: one predict + put_records per batch",
+                N_RECORDS,
+                ours_seconds,
+                ours_rate,
+                f"{ours_rate / course_rate:.1f}x",
+            ],
+            [
+                f"ours, batches of {BIG_BATCH_SIZE} (BatchSize={BIG_BATCH_SIZE})",
+                N_RECORDS,
+                big_seconds,
+                big_rate,
+                f"{big_rate / course_rate:.1f}x",
+            ],
         ],
-        note=(f"Same {N_RECORDS:,} rides of green 2021-02 ({month.attrs.get('source')}), same runner, model already loaded; "
-              "both handlers' predictions checked equal to 1e-9."),
+        note=(
+            f"Same {N_RECORDS:,} rides of green 2021-02 ({month.attrs.get('source')}), same runner, model already loaded; "
+            "both handlers' predictions checked equal to 1e-9."
+        ),
     )
 
 
@@ -163,8 +191,10 @@ def cold_starts(folder: Path, model: Path) -> Table:
     else:
         ours_lean = cold_start(str(lean.python), OURS, lean.task_root, env)
         rows.append(["ours (ride_duration.model, no mlflow)", "Lambda image packages only", *ours_lean, sum(ours_lean)])
-        note = ("'Lambda image packages only': streaming/Dockerfile's task root and the lock's lambda group, laid out "
-                "by streaming/image.py. Ours loads a linear pipeline without scikit-learn (load_model(without_sklearn=True)).")
+        note = (
+            "'Lambda image packages only': streaming/Dockerfile's task root and the lock's lambda group, laid out "
+            "by streaming/image.py. Ours loads a linear pipeline without scikit-learn (load_model(without_sklearn=True))."
+        )
     return Table(
         title=f"Streaming: cold start (fastest of {COLD_START_REPEATS} fresh interpreters)",
         headers=["handler", "packages", "import (s)", "model load + client (s)", "total (s)"],

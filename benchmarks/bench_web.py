@@ -154,8 +154,13 @@ def start_server(command: list[str], env: dict, port: int, log: Path, timeout: f
     """Start a server in its own process group; ready when it answers the example ride."""
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
-            env={**os.environ, **env}, start_new_session=True,
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            start_new_session=True,
         )
     url = f"http://{local_stack.HOST}:{port}/predict"
     deadline = time.monotonic() + timeout
@@ -177,7 +182,9 @@ def training_data():
     from ride_duration.data import is_synthetic, read_month, training_rides
 
     month = read_month("green", 2021, 1, synthetic="fallback", allow_download=False)
-    label = "synthetic green 2021-01 (TAXI_DATA_DIR lacks the real month)" if is_synthetic(month) else "green 2021-01 (TLC)"
+    label = (
+        "synthetic green 2021-01 (TAXI_DATA_DIR lacks the real month)" if is_synthetic(month) else "green 2021-01 (TLC)"
+    )
     return training_rides(month, "green"), label
 
 
@@ -234,20 +241,47 @@ def servers(course_file: Path, model_uri: str) -> list[tuple[str, str, list[str]
     course_env = {"COURSE_MODEL_FILE": str(course_file)}
     course_app = "benchmarks.course_predict:app"
     return [
-        ("course-dev", "course: Flask dev server",
-         [sys.executable, "-m", "flask", "--app", course_app, "run", "--host", local_stack.HOST, "--port", "{port}"],
-         course_env),
-        ("course-gunicorn", "course: gunicorn, as the course runs it (1 sync worker)",
-         [gunicorn, "--bind", f"{local_stack.HOST}:{{port}}", "--no-control-socket", course_app],
-         course_env),
-        ("course-our-settings", f"course: gunicorn, our settings ({OUR_WORKERS} gthread workers x {OUR_THREADS} threads)",
-         [gunicorn, "--bind", f"{local_stack.HOST}:{{port}}", "--no-control-socket", "--workers", OUR_WORKERS,
-          "--worker-class", "gthread", "--threads", OUR_THREADS, course_app],
-         course_env),
-        ("ours", f"ours: gunicorn.conf.py ({OUR_WORKERS} gthread workers x {OUR_THREADS} threads), validation + metrics",
-         [gunicorn, "-c", str(ROOT / "web-service" / "gunicorn.conf.py"), "predict:app"],
-         {"MODEL_URI": model_uri, "BIND": f"{local_stack.HOST}:{{port}}",
-          "WEB_CONCURRENCY": OUR_WORKERS, "GUNICORN_THREADS": OUR_THREADS}),
+        (
+            "course-dev",
+            "course: Flask dev server",
+            [sys.executable, "-m", "flask", "--app", course_app, "run", "--host", local_stack.HOST, "--port", "{port}"],
+            course_env,
+        ),
+        (
+            "course-gunicorn",
+            "course: gunicorn, as the course runs it (1 sync worker)",
+            [gunicorn, "--bind", f"{local_stack.HOST}:{{port}}", "--no-control-socket", course_app],
+            course_env,
+        ),
+        (
+            "course-our-settings",
+            f"course: gunicorn, our settings ({OUR_WORKERS} gthread workers x {OUR_THREADS} threads)",
+            [
+                gunicorn,
+                "--bind",
+                f"{local_stack.HOST}:{{port}}",
+                "--no-control-socket",
+                "--workers",
+                OUR_WORKERS,
+                "--worker-class",
+                "gthread",
+                "--threads",
+                OUR_THREADS,
+                course_app,
+            ],
+            course_env,
+        ),
+        (
+            "ours",
+            f"ours: gunicorn.conf.py ({OUR_WORKERS} gthread workers x {OUR_THREADS} threads), validation + metrics",
+            [gunicorn, "-c", str(ROOT / "web-service" / "gunicorn.conf.py"), "predict:app"],
+            {
+                "MODEL_URI": model_uri,
+                "BIND": f"{local_stack.HOST}:{{port}}",
+                "WEB_CONCURRENCY": OUR_WORKERS,
+                "GUNICORN_THREADS": OUR_THREADS,
+            },
+        ),
     ]
 
 
@@ -298,17 +332,27 @@ def run() -> list[Table]:
         server_list = servers(course_file, model_uri)
         loads = measure_all(server_list, bodies, folder)
     median = {
-        key: (float(np.median([load.per_second for load in runs])),
-              float(np.median([load.percentile_ms(50) for load in runs])),
-              float(np.median([load.percentile_ms(99) for load in runs])))
+        key: (
+            float(np.median([load.per_second for load in runs])),
+            float(np.median([load.percentile_ms(50) for load in runs])),
+            float(np.median([load.percentile_ms(99) for load in runs])),
+        )
         for key, runs in loads.items()
     }
     rows = [
-        [label, connections, sum(load.requests for load in loads[key, connections]),
-         sum(load.errors for load in loads[key, connections]), *median[key, connections]]
-        for key, label, _, _ in server_list for connections in CONNECTIONS
+        [
+            label,
+            connections,
+            sum(load.requests for load in loads[key, connections]),
+            sum(load.errors for load in loads[key, connections]),
+            *median[key, connections],
+        ]
+        for key, label, _, _ in server_list
+        for connections in CONNECTIONS
     ]
-    ours, course, course_our_settings = (median[key, 8][0] for key in ("ours", "course-gunicorn", "course-our-settings"))
+    ours, course, course_our_settings = (
+        median[key, 8][0] for key in ("ours", "course-gunicorn", "course-our-settings")
+    )
     note = (
         f"Model: DictVectorizer + LinearRegression trained on {data_label}; bodies: 1,000 of its rides, cycled. "
         f"requests/s, p50 and p99 are medians of {ROUNDS} interleaved rounds (requests and errors are totals); "
@@ -319,9 +363,11 @@ def run() -> list[Table]:
         f"{ours / course_our_settings:.2f}x the course's app under our gunicorn settings; ours p99 "
         f"{median['ours', 8][2]:.2f} ms (targets: >= 1.5x the course's gunicorn, p99 < 10 ms)."
     )
-    return [Table(
-        title="Web service: requests/s and latency on loopback (ours vs the course's predict.py)",
-        headers=["server", "connections", "requests", "errors", "requests/s", "p50 ms", "p99 ms"],
-        rows=rows,
-        note=note,
-    )]
+    return [
+        Table(
+            title="Web service: requests/s and latency on loopback (ours vs the course's predict.py)",
+            headers=["server", "connections", "requests", "errors", "requests/s", "p50 ms", "p99 ms"],
+            rows=rows,
+            note=note,
+        )
+    ]

@@ -42,8 +42,8 @@ EXPORT_COMMANDS = {
     "B": "jupyter nbconvert --to script --TemplateExporter.exclude_code_cell=True notebooks/score.ipynb --output-dir {out}",
     "C": "jupyter nbconvert --to notebook --execute notebooks/score.ipynb --output-dir {out}",
     "D": "jupyter nbconvert --to script --TagRemovePreprocessor.enabled=True "
-         "--TagRemovePreprocessor.remove_cell_tags notebook-only --TemplateExporter.exclude_markdown=True "
-         "--TemplateExporter.exclude_input_prompt=True notebooks/score.ipynb --output-dir {out}",
+    "--TagRemovePreprocessor.remove_cell_tags notebook-only --TemplateExporter.exclude_markdown=True "
+    "--TemplateExporter.exclude_input_prompt=True notebooks/score.ipynb --output-dir {out}",
 }
 
 # The choices of the questions answered with a letter, as homework/README.md shows them.
@@ -171,7 +171,11 @@ def stream_answer() -> str:
     from ride_duration import local_stack
     from ride_duration.kinesis import read_stream
 
-    settings = {**local_stack.LOCAL_AWS_ENV, "MODEL_URI": str(MODEL_DIR), "PREDICTIONS_STREAM_NAME": "homework_predictions"}
+    settings = {
+        **local_stack.LOCAL_AWS_ENV,
+        "MODEL_URI": str(MODEL_DIR),
+        "PREDICTIONS_STREAM_NAME": "homework_predictions",
+    }
     with tempfile.TemporaryDirectory() as folder:
         port = local_stack.free_port()
         moto = local_stack.start_moto(port, Path(folder) / "moto.log")
@@ -185,9 +189,12 @@ def stream_answer() -> str:
                 kinesis.get_waiter("stream_exists").wait(StreamName=stream)
             send_events.send(kinesis, "homework_events", STREAM_SAMPLE)
             checkpoint = Path(folder) / "checkpoint.json"
-            runner.run(lambda_function.lambda_handler,
-                       runner.RunnerSettings(stream="homework_events", checkpoint=checkpoint, idle_seconds=1.0),
-                       client=kinesis, log=lambda line: None)
+            runner.run(
+                lambda_function.lambda_handler,
+                runner.RunnerSettings(stream="homework_events", checkpoint=checkpoint, idle_seconds=1.0),
+                client=kinesis,
+                log=lambda line: None,
+            )
             predictions = len(list(read_stream(kinesis, "homework_predictions", max_seconds=30, idle_seconds=1.0)))
             failures = len(checkpoint.with_suffix(".failures.jsonl").read_text().splitlines())
         finally:
@@ -206,7 +213,8 @@ def orchestration_schedule() -> dict:
     source = (ROOT / "scripts" / "orchestrate.py").read_text()
     wanted = {"MONTHLY_CRON", "month_to_score"}
     nodes = [
-        node for node in ast.parse(source).body
+        node
+        for node in ast.parse(source).body
         if (isinstance(node, ast.FunctionDef) and node.name in wanted)
         or (isinstance(node, ast.Assign) and {getattr(t, "id", None) for t in node.targets} & wanted)
     ]

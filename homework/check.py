@@ -42,19 +42,19 @@ from answers import (  # noqa: E402
 
 HINTS = {
     "q1": "read the papermill run's output parquet with pandas and take .std() of predicted_duration "
-          "(pandas' default, ddof=1); check you passed -p model_uri homework/model",
+    "(pandas' default, ddof=1); check you passed -p model_uri homework/model",
     "q2": "the size of that output file in MB, where 1 MB = 1,000,000 bytes (os.path.getsize(path) / 1e6)",
     "q3": "the export must leave out cells tagged notebook-only and the markdown, as scripts/export.py does",
     "q4": "follow release_steps in homework/registry_steps.py one call at a time, noting what each alias names "
-          "after each call (delete_registered_model_alias removes one)",
+    "after each call (delete_registered_model_alias removes one)",
     "q5": "run scripts/score.py for 2021-04 with --model-uri homework/model and take the mean of predicted_duration",
     "q6": "start gunicorn with MODEL_URI=$PWD/homework/model (an absolute path: gunicorn.conf.py changes into web-service/) "
-          "and run python web-service/client.py: the duration field",
+    "and run python web-service/client.py: the duration field",
     "q7": "DRY_RUN=1 MODEL_URI=homework/model python streaming/lambda_function.py streaming/events/kinesis-sample.json: "
-          "prediction.ride_duration",
+    "prediction.ride_duration",
     "q8": "add up the rows column of the backfill's summary: every ride of each month file is scored, strays included",
     "q9": "a bad record is retried, then written to the failure file once; a good record re-delivered with it is "
-          "skipped by the handler, which remembers what it wrote",
+    "skipped by the handler, which remembers what it wrote",
     "q10": "the five cron fields are minute, hour, day of month, month, day of week; a run scores the month before its date",
 }
 LINE = re.compile(r"(q\d+)\s*[:=]\s*(.*)", flags=re.IGNORECASE)
@@ -92,7 +92,7 @@ def answers_from_json(path: Path, text: str) -> dict[str, str]:
     except ValueError as error:
         raise AnswersFileError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(data, dict):
-        raise AnswersFileError(f"{path}: expected a JSON object like {{\"q1\": \"B\"}}")
+        raise AnswersFileError(f'{path}: expected a JSON object like {{"q1": "B"}}')
     answers = {}
     for question, value in data.items():
         if isinstance(value, (dict, list)):
@@ -145,8 +145,12 @@ def mark(answers: dict[str, str], variant: str) -> list[tuple[str, bool, str]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("answers", type=Path, help="your answers file")
-    parser.add_argument("--variant", choices=VARIANTS, default="tlc",
-                        help="tlc: real TLC months (default); synthetic: the synthetic months")
+    parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="tlc",
+        help="tlc: real TLC months (default); synthetic: the synthetic months",
+    )
     args = parser.parse_args(argv)
     try:
         answers = read_answers(args.answers)

@@ -39,7 +39,7 @@ def main() -> None:
             metrics={},
             tags={"data_source": "tlc", "purpose": "homework"},
         )
-        source = Path(artifact_uri(f"models:/{info.model_id}")[len("file://"):])
+        source = Path(artifact_uri(f"models:/{info.model_id}")[len("file://") :])
         shutil.rmtree(MODEL_DIR, ignore_errors=True)
         shutil.copytree(source, MODEL_DIR)
     print(f"homework model {info.model_id} in {MODEL_DIR}\nsha256(model.pkl) = {model_sha256()}")

@@ -56,8 +56,9 @@ def make_store(folder: Path) -> str:
     uri = f"sqlite:///{folder.resolve() / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri  # this store, whatever the shell had set
     train.setup_tracking(EXPERIMENT)
-    logged = train.log_pipeline(load_model(str(HERE / "model")).pipeline, params={}, metrics={},
-                                tags={"purpose": "homework"})
+    logged = train.log_pipeline(
+        load_model(str(HERE / "model")).pipeline, params={}, metrics={}, tags={"purpose": "homework"}
+    )
     client = MlflowClient(uri)
 
     def register() -> str:
@@ -72,8 +73,11 @@ def main(argv=None) -> int:
     parser.add_argument("folder", type=Path, help="a new folder for the store, e.g. runs/homework-registry")
     args = parser.parse_args(argv)
     if args.folder.exists():
-        print(f"error: {args.folder} already exists; the steps start from an empty store: "
-              f"remove it (rm -r {args.folder}) or name another folder", file=sys.stderr)
+        print(
+            f"error: {args.folder} already exists; the steps start from an empty store: "
+            f"remove it (rm -r {args.folder}) or name another folder",
+            file=sys.stderr,
+        )
         return 1
     uri = make_store(args.folder)
     print(f"registry steps done in {uri}")

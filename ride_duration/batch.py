@@ -44,7 +44,9 @@ if TYPE_CHECKING:  # batch scoring works on Arrow tables; pandas is imported onl
     import pyarrow as pa
 
 METADATA_PREFIX = "ride_duration."  # parquet keys ride_duration.model_version, .month, .synthetic (as inputs)
-BATCH_ROWS = 1 << 19  # half a TLC row group: bounded memory, and the writer thread overlaps more of the scoring (measured)
+BATCH_ROWS = (
+    1 << 19
+)  # half a TLC row group: bounded memory, and the writer thread overlaps more of the scoring (measured)
 
 
 class OutputNotWritten(OSError):
@@ -303,16 +305,18 @@ def output_schema(taxi_type: str):
     """The fixed batch output columns, with the taxi type's pickup column name."""
     import pyarrow as pa
 
-    return pa.schema([
-        ("ride_id", pa.string()),
-        (DATETIME_COLUMNS[check_taxi_type(taxi_type)][0], pa.timestamp("us")),
-        ("PULocationID", pa.int64()),
-        ("DOLocationID", pa.int64()),
-        ("actual_duration", pa.float64()),
-        ("predicted_duration", pa.float64()),
-        ("diff", pa.float64()),
-        ("model_version", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("ride_id", pa.string()),
+            (DATETIME_COLUMNS[check_taxi_type(taxi_type)][0], pa.timestamp("us")),
+            ("PULocationID", pa.int64()),
+            ("DOLocationID", pa.int64()),
+            ("actual_duration", pa.float64()),
+            ("predicted_duration", pa.float64()),
+            ("diff", pa.float64()),
+            ("model_version", pa.string()),
+        ]
+    )
 
 
 def output_info_for(model_version: str, taxi_type: str, year: int, month: int, synthetic: bool) -> dict:
@@ -517,9 +521,9 @@ def decode_info(raw: dict) -> dict:
 
 
 def decode_parquet_info(meta: dict) -> dict:
-    return decode_info({
-        name: (meta.get(f"{METADATA_PREFIX}{name}".encode()) or b"").decode() for name in OUTPUT_INFO_FIELDS
-    })
+    return decode_info(
+        {name: (meta.get(f"{METADATA_PREFIX}{name}".encode()) or b"").decode() for name in OUTPUT_INFO_FIELDS}
+    )
 
 
 def read_output(source: str | Path) -> pd.DataFrame:

@@ -82,9 +82,7 @@ def download(url: str, dest: Path, timeout: float = 30) -> Path:
         with requests.get(url, stream=True, timeout=timeout) as response:
             response.raise_for_status()
             total = int(response.headers.get("content-length", 0)) or None
-            with open(partial, "wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, desc=dest.name
-            ) as bar:
+            with open(partial, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
                 for chunk in response.iter_content(chunk_size=1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))

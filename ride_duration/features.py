@@ -36,8 +36,7 @@ def frame_features(df) -> list[dict]:
     """The course's way for a DataFrame: one feature dict per row (slow; kept as the reference)."""
     pu_do = df["PULocationID"].astype(str) + "_" + df["DOLocationID"].astype(str)
     return [
-        {"PU_DO": key, "trip_distance": distance}
-        for key, distance in zip(pu_do.tolist(), df["trip_distance"].tolist())
+        {"PU_DO": key, "trip_distance": distance} for key, distance in zip(pu_do.tolist(), df["trip_distance"].tolist())
     ]
 
 
@@ -115,7 +114,7 @@ class FastPredictor:
         for name, column in vocabulary.items():
             if name == "trip_distance":
                 continue
-            pu, _, do = name[len("PU_DO") + len(sep):].partition("_")
+            pu, _, do = name[len("PU_DO") + len(sep) :].partition("_")
             if not (pu.isdigit() and do.isdigit()) or max(int(pu), int(do)) > MAX_LOCATION_ID:
                 return False
             self.pair_column[int(pu), int(do)] = column

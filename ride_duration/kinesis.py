@@ -35,8 +35,13 @@ def put_chunks(entries: list[dict]) -> Iterator[list[int]]:
 
 
 def put_records(
-    client, stream_name: str, entries: list[dict], *, attempts: int = PUT_ATTEMPTS,
-    backoff: float = PUT_BACKOFF_SECONDS, sleep=time.sleep,
+    client,
+    stream_name: str,
+    entries: list[dict],
+    *,
+    attempts: int = PUT_ATTEMPTS,
+    backoff: float = PUT_BACKOFF_SECONDS,
+    sleep=time.sleep,
 ) -> list[int]:
     """Write entries ({"Data": bytes, "PartitionKey": str}) to the stream.
 
@@ -71,8 +76,9 @@ def stream_shards(client, stream_name: str) -> list[str]:
             return shards
 
 
-def shard_iterator(client, stream_name: str, shard_id: str, start: str = "TRIM_HORIZON",
-                   after_sequence_number: str | None = None) -> str:
+def shard_iterator(
+    client, stream_name: str, shard_id: str, start: str = "TRIM_HORIZON", after_sequence_number: str | None = None
+) -> str:
     """Where to read a shard from: just after a checkpoint if there is one, else `start`
     (TRIM_HORIZON = the oldest record kept, LATEST = only records that arrive from now on)."""
     if after_sequence_number is not None:
@@ -85,8 +91,14 @@ def shard_iterator(client, stream_name: str, shard_id: str, start: str = "TRIM_H
 
 
 def read_stream(
-    client, stream_name: str, *, start: str = "TRIM_HORIZON", max_records: int | None = None,
-    max_seconds: float = 60.0, idle_seconds: float = 1.0, batch_size: int = 1000,
+    client,
+    stream_name: str,
+    *,
+    start: str = "TRIM_HORIZON",
+    max_records: int | None = None,
+    max_seconds: float = 60.0,
+    idle_seconds: float = 1.0,
+    batch_size: int = 1000,
 ) -> Iterator[dict]:
     """Yield the records of every shard (get_records' dicts: Data, PartitionKey, SequenceNumber...).
 
@@ -94,7 +106,9 @@ def read_stream(
     new and nothing behind) for idle_seconds: a stream never ends by itself.
     """
     deadline = time.monotonic() + max_seconds
-    iterators = {shard: shard_iterator(client, stream_name, shard, start) for shard in stream_shards(client, stream_name)}
+    iterators = {
+        shard: shard_iterator(client, stream_name, shard, start) for shard in stream_shards(client, stream_name)
+    }
     seen = 0
     idle_since = time.monotonic()
     while iterators and time.monotonic() < deadline:

@@ -161,9 +161,15 @@ def save_buckets(folder: Path) -> int:
                 head = s3.head_object(Bucket=bucket["Name"], Key=item["Key"])
                 file = f"{len(manifest['objects'])}"
                 s3.download_file(bucket["Name"], item["Key"], str(staging / "objects" / file))
-                manifest["objects"].append({"bucket": bucket["Name"], "key": item["Key"], "file": file,
-                                            "content_type": head.get("ContentType"),
-                                            "metadata": head.get("Metadata", {})})
+                manifest["objects"].append(
+                    {
+                        "bucket": bucket["Name"],
+                        "key": item["Key"],
+                        "file": file,
+                        "content_type": head.get("ContentType"),
+                        "metadata": head.get("Metadata", {}),
+                    }
+                )
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
@@ -197,12 +203,19 @@ def start_mlflow(port: int, log: Path, backend_uri: str, artifact_root: str, env
     """
     return start(
         [
-            bin_path("mlflow"), "server",
-            "--host", HOST, "--port", str(port),
-            "--backend-store-uri", backend_uri,
-            "--default-artifact-root", artifact_root,
+            bin_path("mlflow"),
+            "server",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            backend_uri,
+            "--default-artifact-root",
+            artifact_root,
             "--no-serve-artifacts",
-            "--workers", "1",
+            "--workers",
+            "1",
         ],
         log,
         f"http://{HOST}:{port}/health",

@@ -181,7 +181,7 @@ def _download_s3_folder(uri: str, dest: Path) -> None:
     found = False
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
-            target = dest / item["Key"][len(prefix):]
+            target = dest / item["Key"][len(prefix) :]
             target.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, item["Key"], str(target))
             found = True
@@ -203,7 +203,7 @@ def _registered_version(uri: str) -> str | None:
     """'name/version' for models:/name@alias and models:/name/version URIs."""
     from mlflow import MlflowClient
 
-    path = uri[len("models:/"):] if uri.startswith("models:/") else ""
+    path = uri[len("models:/") :] if uri.startswith("models:/") else ""
     if not path or path.startswith("m-"):
         return None
     client = MlflowClient(tracking_uri())
@@ -219,7 +219,7 @@ def artifact_uri(model_uri: str) -> str:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri())
-    path = model_uri[len("models:/"):]
+    path = model_uri[len("models:/") :]
     if path.startswith("m-"):
         return client.get_logged_model(path).artifact_location
     if "@" in path:

@@ -29,7 +29,7 @@ def sqlite_artifact_location(uri: str) -> str | None:
     """Artifacts of an embedded store go in mlartifacts/ beside its database file, whatever the cwd."""
     if not uri.startswith("sqlite:///"):
         return None
-    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
 
 
 def setup_tracking(experiment: str = EXPERIMENT) -> str:
@@ -104,7 +104,7 @@ def validation_data(run) -> dict:
 
 
 def describe_data(data: dict) -> str:
-    """"green 2021-02 (tlc)": a validation data set in a few words."""
+    """A validation data set in a few words, such as "green 2021-02 (tlc)"."""
     return f"{data['taxi_type'] or '?'} {data['val_month'] or '?'} ({data['data_source'] or 'unknown source'})"
 
 
@@ -191,8 +191,14 @@ def judge(candidate, champion, metric: str) -> tuple[bool, str, float | None]:
     champion_run = mlflow.get_run(champion.run_id)
     champion_data = validation_data(champion_run)
     if champion_data["data_source"] == REAL_DATA and data["data_source"] != REAL_DATA:
-        return False, (f"a model validated on {describe_data(data)} never replaces one validated on real data "
-                       f"({describe_data(champion_data)})"), None
+        return (
+            False,
+            (
+                f"a model validated on {describe_data(data)} never replaces one validated on real data "
+                f"({describe_data(champion_data)})"
+            ),
+            None,
+        )
     if data["data_source"] == REAL_DATA and champion_data["data_source"] != REAL_DATA:
         return True, f"real data replaces a champion validated on {describe_data(champion_data)}", None
     if champion_data == data:
@@ -205,11 +211,16 @@ def judge(candidate, champion, metric: str) -> tuple[bool, str, float | None]:
             return False, f"the champion could not be evaluated on {describe_data(data)}: {reason}", None
     if rmse_new < rmse_old:
         return True, f"{metric} {rmse_new:.4f} beats the champion's {rmse_old:.4f} on {describe_data(data)}", rmse_old
-    return False, f"{metric} {rmse_new:.4f} does not beat the champion's {rmse_old:.4f} on {describe_data(data)}", rmse_old
+    return (
+        False,
+        f"{metric} {rmse_new:.4f} does not beat the champion's {rmse_old:.4f} on {describe_data(data)}",
+        rmse_old,
+    )
 
 
-def register_best(experiment: str = EXPERIMENT, name: str = REGISTERED_MODEL, alias: str = PRODUCTION_ALIAS,
-                  metric: str = "val_rmse") -> Promotion:
+def register_best(
+    experiment: str = EXPERIMENT, name: str = REGISTERED_MODEL, alias: str = PRODUCTION_ALIAS, metric: str = "val_rmse"
+) -> Promotion:
     """Register the best comparable run's model and point `alias` at it, if it beats the champion honestly.
 
     The candidate is best_run(): the lowest RMSE among runs on the newest run's validation data. It
@@ -224,8 +235,15 @@ def register_best(experiment: str = EXPERIMENT, name: str = REGISTERED_MODEL, al
     candidate = best_run(experiment, metric)
     champion = current_champion(name, alias)
     promote, reason, champion_rmse = judge(candidate, champion, metric)
-    result = Promotion(promote, reason, str(champion.version) if champion else None, candidate,
-                       candidate.data.metrics[metric], champion, champion_rmse)
+    result = Promotion(
+        promote,
+        reason,
+        str(champion.version) if champion else None,
+        candidate,
+        candidate.data.metrics[metric],
+        champion,
+        champion_rmse,
+    )
     if not promote:
         return result
     data = validation_data(candidate)
@@ -243,9 +261,11 @@ def register_best(experiment: str = EXPERIMENT, name: str = REGISTERED_MODEL, al
     with quiet_mlflow():
         version = mlflow.register_model(f"models:/{model_id}", name, tags=tags)
     client = MlflowClient()
-    description = (f"Run {candidate.info.run_name or candidate.info.run_id}: {metric} {result.candidate_rmse:.4f} on "
-                   f"{describe_data(data)}. Promoted to @{alias}: {reason}"
-                   + (f" (replaced version {champion.version})." if champion else "."))
+    description = (
+        f"Run {candidate.info.run_name or candidate.info.run_id}: {metric} {result.candidate_rmse:.4f} on "
+        f"{describe_data(data)}. Promoted to @{alias}: {reason}"
+        + (f" (replaced version {champion.version})." if champion else ".")
+    )
     client.update_model_version(name, version.version, description=description)
     client.set_registered_model_alias(name, alias, version.version)
     result.version = str(version.version)

@@ -77,7 +77,11 @@ def export_all(check: bool = False) -> int:
         if check:
             stale += 1
             diff = difflib.unified_diff(
-                current.splitlines(), fresh.splitlines(), f"{script} (committed)", f"{script} (from {notebook})", lineterm=""
+                current.splitlines(),
+                fresh.splitlines(),
+                f"{script} (committed)",
+                f"{script} (from {notebook})",
+                lineterm="",
             )
             print("\n".join(list(diff)[:60]), file=sys.stderr)
         else:

@@ -92,7 +92,8 @@ def stop() -> None:
             except Exception as error:
                 raise local_stack.ServiceFailed(
                     f"could not save moto's S3 buckets ({type(error).__name__}: {error}); "
-                    f"moto_server (pid {pid}) is left running so that nothing is lost") from error
+                    f"moto_server (pid {pid}) is left running so that nothing is lost"
+                ) from error
             print(f"saved {saved} S3 objects to {SAVED_S3}")
         local_stack.stop(pid)
         (STATE / f"{name}.pid").unlink(missing_ok=True)

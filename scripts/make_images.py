@@ -31,20 +31,46 @@ def box(ax, x: float, y: float, text: str, kind: str, width: float, height: floa
     """A rounded box centred on (x, y), in inches; returns its edges for arrows."""
     from matplotlib.patches import FancyBboxPatch
 
-    ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height,
-                                boxstyle="round,pad=0.02,rounding_size=0.1",
-                                facecolor=COLOURS[kind], edgecolor="#555555", linewidth=1))
+    ax.add_patch(
+        FancyBboxPatch(
+            (x - width / 2, y - height / 2),
+            width,
+            height,
+            boxstyle="round,pad=0.02,rounding_size=0.1",
+            facecolor=COLOURS[kind],
+            edgecolor="#555555",
+            linewidth=1,
+        )
+    )
     ax.text(x, y, text, ha="center", va="center", fontsize=9, linespacing=1.35)
-    return {"x": x, "y": y, "left": x - width / 2, "right": x + width / 2, "top": y + height / 2, "bottom": y - height / 2}
+    return {
+        "x": x,
+        "y": y,
+        "left": x - width / 2,
+        "right": x + width / 2,
+        "top": y + height / 2,
+        "bottom": y - height / 2,
+    }
 
 
 def arrow(ax, start: tuple[float, float], end: tuple[float, float], label: str = "", below: bool = False) -> None:
     """An arrow from start to end, with an optional label above (or below) its middle."""
-    ax.annotate("", xy=end, xytext=start,
-                arrowprops={"arrowstyle": "-|>", "color": "#333333", "linewidth": 1.2, "shrinkA": 2, "shrinkB": 2})
+    ax.annotate(
+        "",
+        xy=end,
+        xytext=start,
+        arrowprops={"arrowstyle": "-|>", "color": "#333333", "linewidth": 1.2, "shrinkA": 2, "shrinkB": 2},
+    )
     if label:
-        ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + (-0.08 if below else 0.08), label, ha="center",
-                va="top" if below else "bottom", fontsize=8, color="#333333")
+        ax.text(
+            (start[0] + end[0]) / 2,
+            (start[1] + end[1]) / 2 + (-0.08 if below else 0.08),
+            label,
+            ha="center",
+            va="top" if below else "bottom",
+            fontsize=8,
+            color="#333333",
+        )
 
 
 def link(ax, a: dict, b: dict, label: str = "") -> None:
@@ -66,10 +92,21 @@ def new_figure(width: float, height: float):
 def legend(ax, kinds: list[str], x: float, y: float) -> None:
     from matplotlib.patches import Patch
 
-    names = {"data": "rides: files and streams", "code": "our code", "mlflow": "MLflow", "client": "who asks, who reads"}
-    ax.legend(handles=[Patch(facecolor=COLOURS[k], edgecolor="#555555", label=names[k]) for k in kinds],
-              loc="lower left", bbox_to_anchor=(x, y), bbox_transform=ax.transData, ncol=len(kinds), fontsize=8,
-              frameon=False)
+    names = {
+        "data": "rides: files and streams",
+        "code": "our code",
+        "mlflow": "MLflow",
+        "client": "who asks, who reads",
+    }
+    ax.legend(
+        handles=[Patch(facecolor=COLOURS[k], edgecolor="#555555", label=names[k]) for k in kinds],
+        loc="lower left",
+        bbox_to_anchor=(x, y),
+        bbox_transform=ax.transData,
+        ncol=len(kinds),
+        fontsize=8,
+        frameon=False,
+    )
 
 
 def header(ax, y: float, title: str, text: str) -> None:
@@ -82,7 +119,12 @@ def deployment_modes():
     figure, ax = new_figure(13, 7.4)
     ax.text(0.2, 7.0, "One model, three ways to deploy it", fontsize=14)
 
-    header(ax, 6.2, "Batch", "a job on a schedule: reads a month, writes a file, stops. Nobody waits; the answers are read later.")
+    header(
+        ax,
+        6.2,
+        "Batch",
+        "a job on a schedule: reads a month, writes a file, stops. Nobody waits; the answers are read later.",
+    )
     month = box(ax, 1.7, 5.3, "TLC month\ngreen_tripdata_2021-03.parquet", "data", width=2.9)
     job = box(ax, 6.2, 5.3, "scripts/score.py\n(papermill, cron or Prefect)", "code", width=2.6)
     scored = box(ax, 10.8, 5.3, "output/green/2021-03.parquet\nride_id, prediction, model version", "data", width=3.4)
@@ -116,23 +158,45 @@ def model_path():
     """From training to each deployment: notebook 01 trains, 02 registers, every deployment loads the alias."""
     figure, ax = new_figure(13, 6.4)
     ax.text(0.2, 6.0, "A model's path: trained, registered, then loaded by its alias everywhere", fontsize=14)
-    months = box(ax, 1.7, 4.9, "TLC months\ngreen 2021-01: training\ngreen 2021-02: validation", "data", width=2.9,
-                 height=1.0)
-    train = box(ax, 5.7, 4.9, "notebooks/01-train\nDictVectorizer + regressor\nas one Pipeline, per run", "code",
-                width=3.0, height=1.0)
-    runs = box(ax, 10.3, 4.9, "MLflow runs\nparameters, val_rmse, a plot\nand the pipeline (model m-...)", "mlflow",
-               width=3.2, height=1.0)
+    months = box(
+        ax, 1.7, 4.9, "TLC months\ngreen 2021-01: training\ngreen 2021-02: validation", "data", width=2.9, height=1.0
+    )
+    train = box(
+        ax,
+        5.7,
+        4.9,
+        "notebooks/01-train\nDictVectorizer + regressor\nas one Pipeline, per run",
+        "code",
+        width=3.0,
+        height=1.0,
+    )
+    runs = box(
+        ax,
+        10.3,
+        4.9,
+        "MLflow runs\nparameters, val_rmse, a plot\nand the pipeline (model m-...)",
+        "mlflow",
+        width=3.2,
+        height=1.0,
+    )
     link(ax, months, train, "fit")
     link(ax, train, runs, "log_model")
 
-    registry = box(ax, 6.5, 2.9, "MLflow registry: ride-duration\nalias @production -> version N", "mlflow", width=3.6,
-                   height=0.9)
+    registry = box(
+        ax, 6.5, 2.9, "MLflow registry: ride-duration\nalias @production -> version N", "mlflow", width=3.6, height=0.9
+    )
     arrow(ax, (runs["x"], runs["bottom"]), (registry["right"], registry["y"]))
-    ax.text(9.75, 3.45, "notebooks/02-register:\nthe best run by validation RMSE", fontsize=8,
-            color="#333333", va="center")
-    ax.text(registry["x"] + 1.9, registry["bottom"] - 0.12,
-            "loaded as models:/ride-duration@production\nor by its artifact URI (s3://...)", fontsize=8, color="#333333",
-            va="top")
+    ax.text(
+        9.75, 3.45, "notebooks/02-register:\nthe best run by validation RMSE", fontsize=8, color="#333333", va="center"
+    )
+    ax.text(
+        registry["x"] + 1.9,
+        registry["bottom"] - 0.12,
+        "loaded as models:/ride-duration@production\nor by its artifact URI (s3://...)",
+        fontsize=8,
+        color="#333333",
+        va="top",
+    )
 
     targets = [
         (2.0, "batch: scripts/score.py\n(from notebooks/score.ipynb)"),
@@ -182,10 +246,15 @@ def redraw_plots() -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", type=Path, default=IMAGES, help="where to write the diagrams (default: images/)")
-    parser.add_argument("--plots", action="store_true",
-                        help="also run notebooks/05-batch.ipynb with save_images=True (needs real TLC months and "
-                             "the model make tutorial registered)")
+    parser.add_argument(
+        "--output-dir", type=Path, default=IMAGES, help="where to write the diagrams (default: images/)"
+    )
+    parser.add_argument(
+        "--plots",
+        action="store_true",
+        help="also run notebooks/05-batch.ipynb with save_images=True (needs real TLC months and "
+        "the model make tutorial registered)",
+    )
     args = parser.parse_args(argv)
     for path in draw_diagrams(args.output_dir):
         print(f"wrote {path}")

@@ -95,8 +95,15 @@ def read_month_input(taxi_type: str, year: int, month: int, synthetic: bool | st
 def score_to_staging(taxi_type: str, year: int, month: int, model_uri: str, month_input: dict, staging: str) -> dict:
     """score.py's score_month on the file read found, written to the staging file; returns its summary."""
     from_synthetic = month_input["source"] == "synthetic"
-    return score_month(taxi_type, year, month, model_uri, staging,
-                       input_file=None if from_synthetic else month_input["source"], synthetic=from_synthetic)
+    return score_month(
+        taxi_type,
+        year,
+        month,
+        model_uri,
+        staging,
+        input_file=None if from_synthetic else month_input["source"],
+        synthetic=from_synthetic,
+    )
 
 
 @task(name="write", **retry_transient)
@@ -117,8 +124,13 @@ DEFAULT_MODEL_URI = "models:/ride-duration@production"
 
 
 @flow(name="score-month", log_prints=True)
-def score_month_flow(run_date: date | None = None, taxi_type: str = "green", model_uri: str = DEFAULT_MODEL_URI,
-                     output_root: str = "output", synthetic: bool | str = False) -> dict:
+def score_month_flow(
+    run_date: date | None = None,
+    taxi_type: str = "green",
+    model_uri: str = DEFAULT_MODEL_URI,
+    output_root: str = "output",
+    synthetic: bool | str = False,
+) -> dict:
     """Score the month before run_date (default: the date this run was scheduled for)."""
     run_date = run_date or flow_run.scheduled_start_time.date()
     year, month = month_to_score(run_date)
@@ -137,19 +149,37 @@ def score_month_flow(run_date: date | None = None, taxi_type: str = "green", mod
 
 
 @flow(name="backfill-months", log_prints=True)
-def backfill_flow(start: str, end: str, taxi_type: str = "green", model_uri: str = DEFAULT_MODEL_URI,
-                  output_root: str = "output", synthetic: bool | str = False) -> list[dict]:
+def backfill_flow(
+    start: str,
+    end: str,
+    taxi_type: str = "green",
+    model_uri: str = DEFAULT_MODEL_URI,
+    output_root: str = "output",
+    synthetic: bool | str = False,
+) -> list[dict]:
     """Score every month from start to end ("YYYY-MM", both included), one score-month run each."""
     rows = []
     for year, month in month_range(start, end):
-        state = score_month_flow(run_date_for(year, month), taxi_type, model_uri, output_root, synthetic,
-                                 return_state=True)
-        row = {"month": f"{taxi_type}/{year:04d}-{month:02d}", "status": "failed", "rows": None, "output": None,
-               "model_version": None, "note": state.message}
+        state = score_month_flow(
+            run_date_for(year, month), taxi_type, model_uri, output_root, synthetic, return_state=True
+        )
+        row = {
+            "month": f"{taxi_type}/{year:04d}-{month:02d}",
+            "status": "failed",
+            "rows": None,
+            "output": None,
+            "model_version": None,
+            "note": state.message,
+        }
         if state.is_completed():
             result = state.result()
-            row.update(status="scored", rows=result["rows"], output=result["output"],
-                       model_version=result["model_version"], note="SYNTHETIC" if result["synthetic"] else "")
+            row.update(
+                status="scored",
+                rows=result["rows"],
+                output=result["output"],
+                model_version=result["model_version"],
+                note="SYNTHETIC" if result["synthetic"] else "",
+            )
         rows.append(row)
     create_table_artifact(rows, key=f"backfill-{taxi_type}", description=f"backfill {taxi_type} {start} to {end}")
     failed = [row["month"] for row in rows if row["status"] == "failed"]
@@ -168,10 +198,14 @@ def serve_deployments(taxi_type: str, model_uri: str, output_root: str, syntheti
         output_root = str(Path(output_root).resolve())  # runs must not depend on where they are started
     parameters = {"taxi_type": taxi_type, "model_uri": model_uri, "output_root": output_root, "synthetic": synthetic}
     monthly = score_month_flow.to_deployment(
-        name="monthly", schedules=[Cron(MONTHLY_CRON, timezone="UTC")], parameters=parameters,
-        description="Scores the previous month, on the 2nd of every month at 06:00 UTC.")
+        name="monthly",
+        schedules=[Cron(MONTHLY_CRON, timezone="UTC")],
+        parameters=parameters,
+        description="Scores the previous month, on the 2nd of every month at 06:00 UTC.",
+    )
     backfill = backfill_flow.to_deployment(
-        name="backfill", parameters=parameters, description="Scores a range of months, one score-month run each.")
+        name="backfill", parameters=parameters, description="Scores a range of months, one score-month run each."
+    )
     serve(monthly, backfill, limit=1)
 
 
@@ -179,47 +213,71 @@ def trigger(run_date: date, timeout: float = 3600):
     """Run the monthly deployment for run_date now (it scores the month before); returns the flow run."""
     from prefect.deployments import run_deployment
 
-    return run_deployment(MONTHLY, parameters={"run_date": run_date.isoformat()}, timeout=timeout,
-                          poll_interval=2)
+    return run_deployment(MONTHLY, parameters={"run_date": run_date.isoformat()}, timeout=timeout, poll_interval=2)
 
 
 def trigger_backfill(start: str, end: str, timeout: float = 3600):
     """Run the backfill deployment for start..end ("YYYY-MM") now; returns the flow run."""
     from prefect.deployments import run_deployment
 
-    return run_deployment(BACKFILL, parameters={"start": start, "end": end}, timeout=timeout,
-                          poll_interval=2)
+    return run_deployment(BACKFILL, parameters={"start": start, "end": end}, timeout=timeout, poll_interval=2)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrate.py",
         description="Monthly batch scoring with Prefect 3 against a local server on loopback "
-                    "(settings from local_prefect_env unless PREFECT_* variables say otherwise).")
+        "(settings from local_prefect_env unless PREFECT_* variables say otherwise).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     server = commands.add_parser("server", help="run the local Prefect server in the foreground (Ctrl-C stops it)")
     server.add_argument("--port", type=int, default=LOCAL_PORT, help=f"loopback port (default {LOCAL_PORT})")
     serve_parser = commands.add_parser(
-        "serve", help="serve the monthly schedule and the backfill deployment until Ctrl-C")
-    serve_parser.add_argument("--taxi-type", choices=["green", "yellow"], default="green",
-                              help="which TLC trip records to score (default: green)")
-    serve_parser.add_argument("--model-uri", default=os.environ.get("MODEL_URI", DEFAULT_MODEL_URI),
-                              help="models:/..., or the artifact's s3:// or file:// URI "
-                                   "(default: $MODEL_URI, else models:/ride-duration@production)")
-    serve_parser.add_argument("--output-root", default="output",
-                              help="folder or s3://bucket/prefix; each month goes to "
-                                   "{root}/{taxi_type}/{YYYY-MM}.parquet (default: output)")
-    serve_parser.add_argument("--synthetic-fallback", dest="synthetic", action="store_const", const="fallback",
-                              default=False, help="score a synthetic month when the real one cannot be found")
+        "serve", help="serve the monthly schedule and the backfill deployment until Ctrl-C"
+    )
+    serve_parser.add_argument(
+        "--taxi-type",
+        choices=["green", "yellow"],
+        default="green",
+        help="which TLC trip records to score (default: green)",
+    )
+    serve_parser.add_argument(
+        "--model-uri",
+        default=os.environ.get("MODEL_URI", DEFAULT_MODEL_URI),
+        help="models:/..., or the artifact's s3:// or file:// URI "
+        "(default: $MODEL_URI, else models:/ride-duration@production)",
+    )
+    serve_parser.add_argument(
+        "--output-root",
+        default="output",
+        help="folder or s3://bucket/prefix; each month goes to {root}/{taxi_type}/{YYYY-MM}.parquet (default: output)",
+    )
+    serve_parser.add_argument(
+        "--synthetic-fallback",
+        dest="synthetic",
+        action="store_const",
+        const="fallback",
+        default=False,
+        help="score a synthetic month when the real one cannot be found",
+    )
     trigger_parser = commands.add_parser("trigger", help="run the monthly deployment for a date now")
-    trigger_parser.add_argument("--date", required=True, type=date.fromisoformat, metavar="YYYY-MM-DD",
-                                help="the run date; the run scores the month before it")
+    trigger_parser.add_argument(
+        "--date",
+        required=True,
+        type=date.fromisoformat,
+        metavar="YYYY-MM-DD",
+        help="the run date; the run scores the month before it",
+    )
     backfill_parser = commands.add_parser("backfill", help="run the backfill deployment for a range of months now")
     backfill_parser.add_argument("--from", dest="start", required=True, metavar="YYYY-MM", help="first month")
     backfill_parser.add_argument("--to", dest="end", required=True, metavar="YYYY-MM", help="last month (included)")
     for waiting in (trigger_parser, backfill_parser):
-        waiting.add_argument("--timeout", type=float, default=3600,
-                             help="seconds to wait for the run to finish; 0 returns at once (default 3600)")
+        waiting.add_argument(
+            "--timeout",
+            type=float,
+            default=3600,
+            help="seconds to wait for the run to finish; 0 returns at once (default 3600)",
+        )
     return parser
 
 

@@ -36,7 +36,12 @@ def run_notebook(name: str, parameters: dict | None = None, output_dir: Path = R
     declared = declared_parameters(source)
     parameters = {name: value for name, value in (parameters or {}).items() if name in declared}
     papermill.execute_notebook(
-        str(source), str(output), parameters=parameters, cwd=str(NOTEBOOKS), progress_bar=False, log_output=False,
+        str(source),
+        str(output),
+        parameters=parameters,
+        cwd=str(NOTEBOOKS),
+        progress_bar=False,
+        log_output=False,
         config=kernel_config(),
     )
     return output
@@ -79,8 +84,14 @@ def report(output: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="+", help="notebook names in notebooks/, e.g. 01-train")
-    parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="a parameter for every notebook that has it")
+    parser.add_argument(
+        "-p",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a parameter for every notebook that has it",
+    )
     args = parser.parse_args(argv)
     parameters = {name: parse_value(value) for name, value in args.p}
     for name in args.notebooks:

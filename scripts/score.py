@@ -43,12 +43,14 @@ def ride_ids(year: int, month: int, first_row: int, n: int) -> pa.Array:
         stop = min(end, 10**digits)
         rest = np.arange(start, stop, dtype=np.int32)  # int32 divides twice as fast; rows < 2**31
         block = np.empty((stop - start, prefix.size + digits), dtype=np.uint8)
-        block[:, :prefix.size] = prefix
+        block[:, : prefix.size] = prefix
         done = 0  # digits written, from the last one
         while done < digits:
             rest, four = np.divmod(rest, 10_000)
             width = min(4, digits - done)
-            block[:, block.shape[1] - done - width:block.shape[1] - done] = np.take(FOUR_DIGITS, four, axis=0)[:, 4 - width:]
+            block[:, block.shape[1] - done - width : block.shape[1] - done] = np.take(FOUR_DIGITS, four, axis=0)[
+                :, 4 - width :
+            ]
             done += width
         blocks.append(block)
         start = stop
@@ -64,8 +66,9 @@ def repeated(text: str, n: int) -> pa.Array:
     return fixed_width_strings([np.broadcast_to(data, (n, data.size))])
 
 
-def score_batch(rides, first_row: int, predictor: FastPredictor, model_version: str,
-                taxi_type: str, year: int, month: int) -> pa.Table:
+def score_batch(
+    rides, first_row: int, predictor: FastPredictor, model_version: str, taxi_type: str, year: int, month: int
+) -> pa.Table:
     """The output rows for one batch of rides, an Arrow table (rides numbered from first_row in the month file)."""
     ride = ride_columns(rides, taxi_type)
     predicted = predictor.predict_arrays(ride.pu, ride.do, ride.distance)
@@ -83,12 +86,23 @@ def score_batch(rides, first_row: int, predictor: FastPredictor, model_version: 
     return pa.Table.from_arrays(columns, schema=output_schema(taxi_type))
 
 
-SYNTHETIC_BANNER = "*** SYNTHETIC DATA: {month} is a generated month, not TLC rides; its output is labelled synthetic ***"
+SYNTHETIC_BANNER = (
+    "*** SYNTHETIC DATA: {month} is a generated month, not TLC rides; its output is labelled synthetic ***"
+)
 
 
-def score_month(taxi_type: str, year: int, month: int, model, output_file: str | None = None, *,
-                input_file: str | None = None, synthetic: bool | str = False, allow_other_month: bool = False,
-                month_input: MonthInput | None = None) -> dict:
+def score_month(
+    taxi_type: str,
+    year: int,
+    month: int,
+    model,
+    output_file: str | None = None,
+    *,
+    input_file: str | None = None,
+    synthetic: bool | str = False,
+    allow_other_month: bool = False,
+    month_input: MonthInput | None = None,
+) -> dict:
     """Score every ride of one month and write output_file atomically; return a summary.
 
     The summary's "seconds" is the reading, scoring and writing; "model_seconds" the model's loading
@@ -132,6 +146,7 @@ def score_month(taxi_type: str, year: int, month: int, model, output_file: str |
 
 def month_range(start: str, end: str) -> list[tuple[int, int]]:
     """[(year, month), ...] from "YYYY-MM" to "YYYY-MM", both included."""
+
     def parse(text: str) -> tuple[int, int]:
         try:
             year, month = (int(part) for part in text.split("-"))
@@ -153,8 +168,16 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-def backfill(taxi_type: str, start: str, end: str, model, output_root: str = "output", *,
-             force: bool = False, synthetic: bool | str = False) -> list[dict]:
+def backfill(
+    taxi_type: str,
+    start: str,
+    end: str,
+    model,
+    output_root: str = "output",
+    *,
+    force: bool = False,
+    synthetic: bool | str = False,
+) -> list[dict]:
     """Score every month from start to end into output_root; returns one summary row per month."""
     months = month_range(start, end)
     from tqdm.auto import tqdm
@@ -179,8 +202,9 @@ def backfill(taxi_type: str, start: str, end: str, model, output_root: str = "ou
         notes = ["SYNTHETIC"] if result["synthetic"] else []
         if why != "no output yet":
             notes.append(f"re-scored: {why}")
-        summary.append({**row, "status": "scored", "rows": result["rows"], "seconds": result["seconds"],
-                        "note": "; ".join(notes)})
+        summary.append(
+            {**row, "status": "scored", "rows": result["rows"], "seconds": result["seconds"], "note": "; ".join(notes)}
+        )
     return summary
 
 
@@ -195,55 +219,85 @@ def summary_table(summary: list[dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    model_help = ("model to score with: models:/ride-duration@production, models:/m-..., or the artifact's "
-                  "s3:// or file:// URI (default: $MODEL_URI, else models:/ride-duration@production)")
+    model_help = (
+        "model to score with: models:/ride-duration@production, models:/m-..., or the artifact's "
+        "s3:// or file:// URI (default: $MODEL_URI, else models:/ride-duration@production)"
+    )
     default_model = os.environ.get("MODEL_URI", "models:/ride-duration@production")
 
     def add_data_options(parser, inherit=False):
         """The options score and backfill share; the backfill's copies (inherit=True) have no default of
         their own, so that `score.py --taxi-type yellow backfill ...` keeps yellow."""
+
         def default(value):
             return argparse.SUPPRESS if inherit else value
 
-        parser.add_argument("--taxi-type", choices=["green", "yellow"], default=default("green"),
-                            help="which TLC trip records to score (default: green)")
+        parser.add_argument(
+            "--taxi-type",
+            choices=["green", "yellow"],
+            default=default("green"),
+            help="which TLC trip records to score (default: green)",
+        )
         parser.add_argument("--model-uri", default=default(default_model), help=model_help)
         source = parser.add_mutually_exclusive_group()
-        source.add_argument("--synthetic", action="store_const", const=True, default=default(False),
-                            help="score the deterministic synthetic month instead of TLC data (output labelled synthetic)")
-        source.add_argument("--synthetic-fallback", dest="synthetic", action="store_const", const="fallback",
-                            default=default(False), help="use the synthetic month only if the real one is neither local nor downloadable")
+        source.add_argument(
+            "--synthetic",
+            action="store_const",
+            const=True,
+            default=default(False),
+            help="score the deterministic synthetic month instead of TLC data (output labelled synthetic)",
+        )
+        source.add_argument(
+            "--synthetic-fallback",
+            dest="synthetic",
+            action="store_const",
+            const="fallback",
+            default=default(False),
+            help="use the synthetic month only if the real one is neither local nor downloadable",
+        )
 
     parser = argparse.ArgumentParser(
         prog="score.py",
         description="Score every ride of one TLC month with the ride-duration model and write a parquet file "
-                    "(written atomically: a failed run leaves nothing at the destination).",
+        "(written atomically: a failed run leaves nothing at the destination).",
         epilog="Backfill many months: score.py backfill --help",
     )
     add_data_options(parser)
     parser.add_argument("--year", type=int, help="year of the month to score, e.g. 2021")
     parser.add_argument("--month", type=int, help="month to score, 1-12")
-    parser.add_argument("--output", help="where to write: a local path or s3://bucket/key "
-                                         "(default: output/{taxi_type}/{YYYY-MM}.parquet)")
-    parser.add_argument("--input", help="a TLC parquet file to score instead of looking the month up in "
-                                        "$TAXI_DATA_DIR (default data/) or downloading it")
-    parser.add_argument("--allow-other-month", action="store_true",
-                        help="score the file as --year/--month even if most of its pickups are of another month "
-                             "(refused otherwise)")
+    parser.add_argument(
+        "--output",
+        help="where to write: a local path or s3://bucket/key (default: output/{taxi_type}/{YYYY-MM}.parquet)",
+    )
+    parser.add_argument(
+        "--input",
+        help="a TLC parquet file to score instead of looking the month up in "
+        "$TAXI_DATA_DIR (default data/) or downloading it",
+    )
+    parser.add_argument(
+        "--allow-other-month",
+        action="store_true",
+        help="score the file as --year/--month even if most of its pickups are of another month (refused otherwise)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="{backfill}")
     backfill_parser = commands.add_parser(
-        "backfill", help="score a range of months",
+        "backfill",
+        help="score a range of months",
         description="Score every month from --from to --to; a month whose output is readable and holds that "
-                    "month, scored from the same kind of rides (real or synthetic) by the same model version, is "
-                    "skipped unless --force. Prints a summary table; exit code 1 if a month failed.")
+        "month, scored from the same kind of rides (real or synthetic) by the same model version, is "
+        "skipped unless --force. Prints a summary table; exit code 1 if a month failed.",
+    )
     add_data_options(backfill_parser, inherit=True)
     backfill_parser.add_argument("--from", dest="start", required=True, metavar="YYYY-MM", help="first month")
     backfill_parser.add_argument("--to", dest="end", required=True, metavar="YYYY-MM", help="last month (included)")
-    backfill_parser.add_argument("--output-root", default="output",
-                                 help="folder or s3://bucket/prefix; each month goes to "
-                                      "{root}/{taxi_type}/{YYYY-MM}.parquet (default: output)")
-    backfill_parser.add_argument("--force", action="store_true",
-                                 help="score months again even if their output is up to date")
+    backfill_parser.add_argument(
+        "--output-root",
+        default="output",
+        help="folder or s3://bucket/prefix; each month goes to {root}/{taxi_type}/{YYYY-MM}.parquet (default: output)",
+    )
+    backfill_parser.add_argument(
+        "--force", action="store_true", help="score months again even if their output is up to date"
+    )
     return parser
 
 
@@ -251,27 +305,52 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "backfill":
-        misplaced = [flag for flag, value in (("--year", args.year), ("--month", args.month), ("--output", args.output),
-                                              ("--input", args.input),
-                                              ("--allow-other-month", args.allow_other_month or None)) if value is not None]
+        misplaced = [
+            flag
+            for flag, value in (
+                ("--year", args.year),
+                ("--month", args.month),
+                ("--output", args.output),
+                ("--input", args.input),
+                ("--allow-other-month", args.allow_other_month or None),
+            )
+            if value is not None
+        ]
         if misplaced:
             parser.error(f"{', '.join(misplaced)} do not apply to backfill: use --from, --to and --output-root")
     try:
         if args.command == "backfill":
-            summary = backfill(args.taxi_type, args.start, args.end, args.model_uri, args.output_root,
-                               force=args.force, synthetic=args.synthetic)
+            summary = backfill(
+                args.taxi_type,
+                args.start,
+                args.end,
+                args.model_uri,
+                args.output_root,
+                force=args.force,
+                synthetic=args.synthetic,
+            )
             print(summary_table(summary))
             return 1 if any(row["status"] == "failed" for row in summary) else 0
         if args.year is None or args.month is None:
             parser.error("--year and --month are required (or use the backfill command)")
-        result = score_month(args.taxi_type, args.year, args.month, args.model_uri, args.output,
-                             input_file=args.input, synthetic=args.synthetic, allow_other_month=args.allow_other_month)
+        result = score_month(
+            args.taxi_type,
+            args.year,
+            args.month,
+            args.model_uri,
+            args.output,
+            input_file=args.input,
+            synthetic=args.synthetic,
+            allow_other_month=args.allow_other_month,
+        )
     except (MonthNotAvailable, BadMonthFile, ModelLoadError, ValueError, OSError) as error:
         print(f"score.py: error: {one_line(error)}", file=sys.stderr)
         return 1
     label = " (SYNTHETIC)" if result["synthetic"] else ""
-    print(f"scored {result['rows']:,} rides of {result['month']}{label} with model {result['model_version']} "
-          f"in {result['seconds']:.3f}s (model loaded in {result['model_seconds']:.2f}s) -> {result['output']}")
+    print(
+        f"scored {result['rows']:,} rides of {result['month']}{label} with model {result['model_version']} "
+        f"in {result['seconds']:.3f}s (model loaded in {result['model_seconds']:.2f}s) -> {result['output']}"
+    )
     return 0
 
 if __name__ == "__main__":

@@ -33,8 +33,12 @@ def main(argv=None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=1.0)
     args = parser.parse_args(argv)
     records = read_stream(
-        boto3.client("kinesis"), args.stream, start=args.start, max_records=args.max_records,
-        max_seconds=args.max_seconds, idle_seconds=args.idle_seconds,
+        boto3.client("kinesis"),
+        args.stream,
+        start=args.start,
+        max_records=args.max_records,
+        max_seconds=args.max_seconds,
+        idle_seconds=args.idle_seconds,
     )
     try:
         for record in records:

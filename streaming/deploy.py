@@ -62,8 +62,14 @@ def role_policy(input_arn: str, output_arn: str, model_uri: str) -> dict:
     statements = [
         {
             "Effect": "Allow",
-            "Action": ["kinesis:DescribeStream", "kinesis:DescribeStreamSummary", "kinesis:GetRecords",
-                       "kinesis:GetShardIterator", "kinesis:ListShards", "kinesis:ListStreams"],
+            "Action": [
+                "kinesis:DescribeStream",
+                "kinesis:DescribeStreamSummary",
+                "kinesis:GetRecords",
+                "kinesis:GetShardIterator",
+                "kinesis:ListShards",
+                "kinesis:ListStreams",
+            ],
             "Resource": input_arn,
         },
         {"Effect": "Allow", "Action": ["kinesis:PutRecord", "kinesis:PutRecords"], "Resource": output_arn},
@@ -78,8 +84,12 @@ def role_policy(input_arn: str, output_arn: str, model_uri: str) -> dict:
         prefix = model.path.strip("/")
         statements += [
             {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{model.netloc}/{prefix}/*"},
-            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{model.netloc}",
-             "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}},
+            {
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": f"arn:aws:s3:::{model.netloc}",
+                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}},
+            },
         ]
     return {"Version": "2012-10-17", "Statement": statements}
 
@@ -87,8 +97,11 @@ def role_policy(input_arn: str, output_arn: str, model_uri: str) -> dict:
 def ensure_role(iam, name: str, policy: dict) -> str:
     """Create the function's role unless it exists, (re)write its inline policy; return its ARN."""
     try:
-        role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST_POLICY),
-                               Description="Runs the ride-duration streaming function")["Role"]
+        role = iam.create_role(
+            RoleName=name,
+            AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST_POLICY),
+            Description="Runs the ride-duration streaming function",
+        )["Role"]
     except iam.exceptions.EntityAlreadyExistsException:
         role = iam.get_role(RoleName=name)["Role"]
     iam.put_role_policy(RoleName=name, PolicyName=ROLE_POLICY_NAME, PolicyDocument=json.dumps(policy))
@@ -97,19 +110,27 @@ def ensure_role(iam, name: str, policy: dict) -> str:
 
 def ensure_function(lambda_client, settings: DeploySettings, role_arn: str) -> str:
     """Create the function from the image, or point the existing one at it; return its ARN."""
-    environment = {"Variables": {
-        "MODEL_URI": settings.model_uri,
-        "PREDICTIONS_STREAM_NAME": settings.output_stream,
-        **settings.extra_environment,
-    }}
-    config = {"Role": role_arn, "Timeout": settings.timeout_seconds, "MemorySize": settings.memory_mb,
-              "Environment": environment}
+    environment = {
+        "Variables": {
+            "MODEL_URI": settings.model_uri,
+            "PREDICTIONS_STREAM_NAME": settings.output_stream,
+            **settings.extra_environment,
+        }
+    }
+    config = {
+        "Role": role_arn,
+        "Timeout": settings.timeout_seconds,
+        "MemorySize": settings.memory_mb,
+        "Environment": environment,
+    }
     deadline = time.monotonic() + ROLE_WAIT_SECONDS
     while True:
         try:
             function = lambda_client.create_function(
-                FunctionName=settings.function_name, PackageType="Image",
-                Code={"ImageUri": settings.image_uri}, **config,
+                FunctionName=settings.function_name,
+                PackageType="Image",
+                Code={"ImageUri": settings.image_uri},
+                **config,
             )
             wait(lambda_client, "function_active_v2", settings.function_name)
             break
@@ -134,8 +155,12 @@ def wait(lambda_client, waiter: str, name: str) -> None:
 def ensure_event_source_mapping(lambda_client, settings: DeploySettings, input_arn: str) -> str:
     """Connect the input stream to the function; with ReportBatchItemFailures a batch is retried
     from its first failed record only, and MaximumRetryAttempts bounds the retries. Returns its UUID."""
-    options = {"BatchSize": settings.batch_size, "MaximumRetryAttempts": settings.max_retries,
-               "FunctionResponseTypes": ["ReportBatchItemFailures"], "BisectBatchOnFunctionError": False}
+    options = {
+        "BatchSize": settings.batch_size,
+        "MaximumRetryAttempts": settings.max_retries,
+        "FunctionResponseTypes": ["ReportBatchItemFailures"],
+        "BisectBatchOnFunctionError": False,
+    }
     if settings.on_failure_arn:
         options["DestinationConfig"] = {"OnFailure": {"Destination": settings.on_failure_arn}}
     existing = lambda_client.list_event_source_mappings(EventSourceArn=input_arn, FunctionName=settings.function_name)
@@ -144,8 +169,11 @@ def ensure_event_source_mapping(lambda_client, settings: DeploySettings, input_a
         lambda_client.update_event_source_mapping(UUID=uuid, FunctionName=settings.function_name, **options)
         return uuid
     mapping = lambda_client.create_event_source_mapping(
-        EventSourceArn=input_arn, FunctionName=settings.function_name,
-        StartingPosition=settings.starting_position, Enabled=True, **options,
+        EventSourceArn=input_arn,
+        FunctionName=settings.function_name,
+        StartingPosition=settings.starting_position,
+        Enabled=True,
+        **options,
     )
     return mapping["UUID"]
 
@@ -161,15 +189,25 @@ def deploy(settings: DeploySettings, session=None) -> dict:
     role_arn = ensure_role(iam, settings.role_name, role_policy(input_arn, output_arn, settings.model_uri))
     function_arn = ensure_function(lambda_client, settings, role_arn)
     mapping = ensure_event_source_mapping(lambda_client, settings, input_arn)
-    return {"input_stream": input_arn, "output_stream": output_arn, "role": role_arn,
-            "function": function_arn, "event_source_mapping": mapping}
+    return {
+        "input_stream": input_arn,
+        "output_stream": output_arn,
+        "role": role_arn,
+        "function": function_arn,
+        "event_source_mapping": mapping,
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--streams-only", action="store_true",
-                        help="create the two streams and stop (what the local loop needs on moto_server)")
-    parser.add_argument("--image-uri", help="the pushed image, e.g. <account>.dkr.ecr.<region>.amazonaws.com/ride-duration-stream:v1")
+    parser.add_argument(
+        "--streams-only",
+        action="store_true",
+        help="create the two streams and stop (what the local loop needs on moto_server)",
+    )
+    parser.add_argument(
+        "--image-uri", help="the pushed image, e.g. <account>.dkr.ecr.<region>.amazonaws.com/ride-duration-stream:v1"
+    )
     parser.add_argument("--model-uri", help="the model's artifact URI (s3://...), so that no tracking server is needed")
     parser.add_argument("--function-name", default=DeploySettings.function_name)
     parser.add_argument("--input-stream", default=DeploySettings.input_stream)
@@ -177,9 +215,13 @@ def main(argv=None) -> int:
     parser.add_argument("--shards", type=int, default=DeploySettings.shards)
     parser.add_argument("--role-name", default=DeploySettings.role_name)
     parser.add_argument("--batch-size", type=int, default=DeploySettings.batch_size)
-    parser.add_argument("--starting-position", choices=["TRIM_HORIZON", "LATEST"], default=DeploySettings.starting_position)
+    parser.add_argument(
+        "--starting-position", choices=["TRIM_HORIZON", "LATEST"], default=DeploySettings.starting_position
+    )
     parser.add_argument("--max-retries", type=int, default=DeploySettings.max_retries)
-    parser.add_argument("--on-failure-arn", help="SQS queue / SNS topic / S3 bucket ARN for batches that failed every retry")
+    parser.add_argument(
+        "--on-failure-arn", help="SQS queue / SNS topic / S3 bucket ARN for batches that failed every retry"
+    )
     args = parser.parse_args(argv)
     if args.streams_only:
         import boto3
@@ -191,10 +233,17 @@ def main(argv=None) -> int:
     if not (args.image_uri and args.model_uri):
         parser.error("--image-uri and --model-uri are required (unless --streams-only)")
     settings = DeploySettings(
-        image_uri=args.image_uri, model_uri=args.model_uri, function_name=args.function_name,
-        input_stream=args.input_stream, output_stream=args.output_stream, shards=args.shards,
-        role_name=args.role_name, batch_size=args.batch_size, starting_position=args.starting_position,
-        max_retries=args.max_retries, on_failure_arn=args.on_failure_arn,
+        image_uri=args.image_uri,
+        model_uri=args.model_uri,
+        function_name=args.function_name,
+        input_stream=args.input_stream,
+        output_stream=args.output_stream,
+        shards=args.shards,
+        role_name=args.role_name,
+        batch_size=args.batch_size,
+        starting_position=args.starting_position,
+        max_retries=args.max_retries,
+        on_failure_arn=args.on_failure_arn,
     )
     print(json.dumps(deploy(settings), indent=2))
     return 0

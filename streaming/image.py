@@ -54,7 +54,9 @@ def build(dest: Path) -> LambdaImage:
     for source, target in parts["copies"]:
         destination = task_root / (target or Path(source).name)
         if (ROOT / source).is_dir():
-            shutil.copytree(ROOT / source, destination, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+            shutil.copytree(
+                ROOT / source, destination, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+            )
         else:
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / source, destination)
@@ -63,8 +65,9 @@ def build(dest: Path) -> LambdaImage:
     uv = local_stack.uv_binary()
     run = dict(cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
     subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], **run)
-    subprocess.run([uv, "pip", "install", "--quiet", "--python", str(python),
-                    "-r", str(task_root / parts["requirements"])], **run)
+    subprocess.run(
+        [uv, "pip", "install", "--quiet", "--python", str(python), "-r", str(task_root / parts["requirements"])], **run
+    )
     base_packages = [f"{name}=={version(name)}" for name in BASE_IMAGE_PACKAGES]
     subprocess.run([uv, "pip", "install", "--no-deps", "--quiet", "--python", str(python), *base_packages], **run)
     return LambdaImage(task_root=task_root, python=python, handler=parts["handler"])

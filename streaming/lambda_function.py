@@ -83,9 +83,15 @@ def decode_record(record: dict) -> tuple:
     if not isinstance(event, dict) or "ride" not in event or "ride_id" not in event:
         raise BadRecord('data is not a ride event {"ride": {...}, "ride_id": ...}')
     ride_id = event["ride_id"]
-    good_id = isinstance(ride_id, (int, str)) and not isinstance(ride_id, bool) and 0 < len(str(ride_id)) <= MAX_RIDE_ID_LENGTH
+    good_id = (
+        isinstance(ride_id, (int, str))
+        and not isinstance(ride_id, bool)
+        and 0 < len(str(ride_id)) <= MAX_RIDE_ID_LENGTH
+    )
     if not good_id:
-        raise BadRecord(f"ride_id must be an integer or a string of 1 to {MAX_RIDE_ID_LENGTH} characters, got {str(ride_id)[:80]!r}")
+        raise BadRecord(
+            f"ride_id must be an integer or a string of 1 to {MAX_RIDE_ID_LENGTH} characters, got {str(ride_id)[:80]!r}"
+        )
     try:
         ride = validate_ride(event["ride"])
     except BadRide as error:

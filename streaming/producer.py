@@ -20,7 +20,7 @@ from ride_duration.kinesis import put_records
 
 def ride_events(df, year: int, month: int, n_rides: int, start_row: int = 0) -> list[dict]:
     """The input records for rows start_row .. start_row + n_rides of a month's frame."""
-    rows = df.iloc[start_row:start_row + n_rides]
+    rows = df.iloc[start_row : start_row + n_rides]
     return [
         {
             "ride": {"PULocationID": int(pu), "DOLocationID": int(do), "trip_distance": float(distance)},
@@ -50,8 +50,12 @@ def main(argv=None) -> int:
     parser.add_argument("--month", type=int, default=1)
     parser.add_argument("-n", "--rides", type=int, default=100, help="how many rides to send")
     parser.add_argument("--start-row", type=int, default=0, help="the first row of the month to send")
-    parser.add_argument("--synthetic", choices=["no", "fallback", "yes"], default="no",
-                        help="use a synthetic month: never, when the real one is not available, always")
+    parser.add_argument(
+        "--synthetic",
+        choices=["no", "fallback", "yes"],
+        default="no",
+        help="use a synthetic month: never, when the real one is not available, always",
+    )
     args = parser.parse_args(argv)
     synthetic = {"no": False, "fallback": "fallback", "yes": True}[args.synthetic]
     try:
@@ -65,8 +69,10 @@ def main(argv=None) -> int:
     except (RuntimeError, BotoCoreError, ClientError) as error:
         print(f"error: could not send the rides to {args.stream}: {error}", file=sys.stderr)
         return 1
-    print(f"sent {sent} rides of {args.taxi_type} {args.year:04d}-{args.month:02d} "
-          f"({df.attrs.get('source')}) to {args.stream}")
+    print(
+        f"sent {sent} rides of {args.taxi_type} {args.year:04d}-{args.month:02d} "
+        f"({df.attrs.get('source')}) to {args.stream}"
+    )
     return 0
 
 

@@ -102,9 +102,11 @@ class RunReport:
     stopped: str = ""  # why the run ended
 
     def summary(self) -> str:
-        return (f"{counted(self.records)} read, {self.invocations} handler calls ({self.redeliveries} re-deliveries, "
-                f"{self.error_retries} retries after errors), {self.failed} to the failure destination; "
-                f"stopped: {self.stopped}")
+        return (
+            f"{counted(self.records)} read, {self.invocations} handler calls ({self.redeliveries} re-deliveries, "
+            f"{self.error_retries} retries after errors), {self.failed} to the failure destination; "
+            f"stopped: {self.stopped}"
+        )
 
 
 class Checkpoint:
@@ -241,7 +243,9 @@ class Runner:
         self.client = client or boto3.client("kinesis")
         summary = self.client.describe_stream_summary(StreamName=settings.stream)["StreamDescriptionSummary"]
         self.stream_arn = summary["StreamARN"]
-        self.checkpoint = Checkpoint(settings.checkpoint, self.stream_arn, summary["StreamCreationTimestamp"].isoformat())
+        self.checkpoint = Checkpoint(
+            settings.checkpoint, self.stream_arn, summary["StreamCreationTimestamp"].isoformat()
+        )
         failures_file = settings.failures_file
         if failures_file is None and settings.failure_stream is None:
             failures_file = Path(settings.checkpoint).with_suffix(".failures.jsonl")
@@ -265,8 +269,9 @@ class Runner:
                 try:
                     response = self.client.get_records(ShardIterator=iterator, Limit=s.batch_size)
                 except self.client.exceptions.ExpiredIteratorException:  # idle over 5 minutes on real Kinesis
-                    iterators[shard] = shard_iterator(self.client, s.stream, shard, s.starting_position,
-                                                      self.checkpoint.position(shard))
+                    iterators[shard] = shard_iterator(
+                        self.client, s.stream, shard, s.starting_position, self.checkpoint.position(shard)
+                    )
                     continue
                 if response["Records"] or response.get("MillisBehindLatest", 0) > 0:
                     caught_up = False
@@ -311,8 +316,10 @@ class Runner:
             attempt += 1
             self.report.redeliveries += 1
             delay = self.settings.retry_backoff * 2 ** (attempt - 1)
-            self.log(f"redeliver {shard} from {lowest} ({counted(len(batch))}) in {delay:g}s "
-                     f"(retry {attempt} of {self.settings.max_retries})")
+            self.log(
+                f"redeliver {shard} from {lowest} ({counted(len(batch))}) in {delay:g}s "
+                f"(retry {attempt} of {self.settings.max_retries})"
+            )
             time.sleep(delay)
 
     def invoke(self, shard: str, batch: list[dict]) -> set[str]:
@@ -326,14 +333,18 @@ class Runner:
         for retry in range(s.error_retries + 1):
             self.report.invocations += 1
             try:
-                return failed_sequence_numbers(self.handler(lambda_event(batch, shard, self.stream_arn), LocalContext()), batch)
+                return failed_sequence_numbers(
+                    self.handler(lambda_event(batch, shard, self.stream_arn), LocalContext()), batch
+                )
             except Exception as error:
                 problem = "".join(traceback.format_exception_only(error)).strip()
             if retry == s.error_retries:
                 break
-            delay = min(s.error_backoff * 2 ** retry, MAX_ERROR_BACKOFF_SECONDS)
-            self.log(f"{shard}: invocation error: {problem}; invoking the batch again in {delay:g}s "
-                     f"(retry {retry + 1} of {s.error_retries})")
+            delay = min(s.error_backoff * 2**retry, MAX_ERROR_BACKOFF_SECONDS)
+            self.log(
+                f"{shard}: invocation error: {problem}; invoking the batch again in {delay:g}s "
+                f"(retry {retry + 1} of {s.error_retries})"
+            )
             self.report.error_retries += 1
             time.sleep(delay)
         self.report.stopped = "invocation error"
@@ -345,18 +356,20 @@ class Runner:
         )
 
     def give_up(self, shard: str, records: list[dict], attempts: int) -> None:
-        self.failures.send([
-            {
-                "eventSourceARN": self.stream_arn,
-                "shardId": shard,
-                "sequenceNumber": r["SequenceNumber"],
-                "partitionKey": r["PartitionKey"],
-                "data": base64.b64encode(r["Data"]).decode("ascii"),
-                "reason": "named in batchItemFailures",
-                "attempts": attempts,
-            }
-            for r in records
-        ])
+        self.failures.send(
+            [
+                {
+                    "eventSourceARN": self.stream_arn,
+                    "shardId": shard,
+                    "sequenceNumber": r["SequenceNumber"],
+                    "partitionKey": r["PartitionKey"],
+                    "data": base64.b64encode(r["Data"]).decode("ascii"),
+                    "reason": "named in batchItemFailures",
+                    "attempts": attempts,
+                }
+                for r in records
+            ]
+        )
         self.report.failed += len(records)
 
     def save(self, shard: str, records: list[dict], last: dict) -> None:
@@ -379,12 +392,16 @@ def replay(client, failures_file: Path, stream: str) -> tuple[int, int]:
     for number, line in enumerate(lines, 1):
         try:
             failure = json.loads(line)
-            entries.append({"Data": base64.b64decode(failure["data"], validate=True), "PartitionKey": failure["partitionKey"]})
+            entries.append(
+                {"Data": base64.b64decode(failure["data"], validate=True), "PartitionKey": failure["partitionKey"]}
+            )
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{failures_file}:{number} is not a failure record of this runner: {error}") from error
     rejected = set(put_records(client, stream, entries))
-    append_lines(failures_file.with_name(failures_file.name + ".replayed"),
-                 [line for index, line in enumerate(lines) if index not in rejected])
+    append_lines(
+        failures_file.with_name(failures_file.name + ".replayed"),
+        [line for index, line in enumerate(lines) if index not in rejected],
+    )
     replace_lines(failures_file, [lines[index] for index in sorted(rejected)])
     return len(lines) - len(rejected), len(rejected)
 
@@ -406,10 +423,14 @@ def replay_main(argv) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (BotoCoreError, ClientError) as error:
-        print(f"error: could not put the records on {args.stream}, {args.failures} is unchanged: {error}", file=sys.stderr)
+        print(
+            f"error: could not put the records on {args.stream}, {args.failures} is unchanged: {error}", file=sys.stderr
+        )
         return EXIT_STOPPED
-    print(f"replayed {counted(replayed)} from {args.failures} to {args.stream} "
-          f"(moved to {args.failures.name}.replayed)", flush=True)
+    print(
+        f"replayed {counted(replayed)} from {args.failures} to {args.stream} (moved to {args.failures.name}.replayed)",
+        flush=True,
+    )
     if rejected:
         print(f"error: {args.stream} kept rejecting {counted(rejected)}; they stay in {args.failures}", file=sys.stderr)
         return EXIT_STOPPED
@@ -434,18 +455,37 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True, type=Path, help="JSON file with each shard's position")
     parser.add_argument("--handler", default="lambda_function.lambda_handler", help="module.function to call")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--starting-position", choices=["TRIM_HORIZON", "LATEST"], default="TRIM_HORIZON",
-                        help="where to start a shard that has no checkpoint yet")
-    parser.add_argument("--max-retries", type=int, default=2,
-                        help="re-deliveries of records named in batchItemFailures before they go to the failure destination")
+    parser.add_argument(
+        "--starting-position",
+        choices=["TRIM_HORIZON", "LATEST"],
+        default="TRIM_HORIZON",
+        help="where to start a shard that has no checkpoint yet",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=2,
+        help="re-deliveries of records named in batchItemFailures before they go to the failure destination",
+    )
     parser.add_argument("--retry-backoff", type=float, default=0.2, help="seconds before the first re-delivery")
-    parser.add_argument("--error-retries", type=int, default=4,
-                        help="invocations of a batch again after the handler raised, before the runner stops")
-    parser.add_argument("--error-backoff", type=float, default=1.0,
-                        help=f"seconds before the first of those, doubled each time (at most {MAX_ERROR_BACKOFF_SECONDS:g})")
+    parser.add_argument(
+        "--error-retries",
+        type=int,
+        default=4,
+        help="invocations of a batch again after the handler raised, before the runner stops",
+    )
+    parser.add_argument(
+        "--error-backoff",
+        type=float,
+        default=1.0,
+        help=f"seconds before the first of those, doubled each time (at most {MAX_ERROR_BACKOFF_SECONDS:g})",
+    )
     destination = parser.add_mutually_exclusive_group()
-    destination.add_argument("--failures-file", type=Path,
-                             help="JSON lines of records that failed every retry (default: beside the checkpoint)")
+    destination.add_argument(
+        "--failures-file",
+        type=Path,
+        help="JSON lines of records that failed every retry (default: beside the checkpoint)",
+    )
     destination.add_argument("--failure-stream", help="a Kinesis stream for those records instead")
     parser.add_argument("--max-batches", type=int, help="stop after this many handler calls")
     parser.add_argument("--max-seconds", type=float, default=300.0)
@@ -454,11 +494,19 @@ def main(argv=None) -> int:
     if args.batch_size < 1 or args.max_retries < 0 or args.error_retries < 0:
         parser.error("--batch-size must be at least 1, --max-retries and --error-retries at least 0")
     settings = RunnerSettings(
-        stream=args.stream, checkpoint=args.checkpoint, batch_size=args.batch_size,
-        starting_position=args.starting_position, max_retries=args.max_retries, retry_backoff=args.retry_backoff,
-        error_retries=args.error_retries, error_backoff=args.error_backoff,
-        failures_file=args.failures_file, failure_stream=args.failure_stream, max_batches=args.max_batches,
-        max_seconds=args.max_seconds, idle_seconds=args.idle_seconds,
+        stream=args.stream,
+        checkpoint=args.checkpoint,
+        batch_size=args.batch_size,
+        starting_position=args.starting_position,
+        max_retries=args.max_retries,
+        retry_backoff=args.retry_backoff,
+        error_retries=args.error_retries,
+        error_backoff=args.error_backoff,
+        failures_file=args.failures_file,
+        failure_stream=args.failure_stream,
+        max_batches=args.max_batches,
+        max_seconds=args.max_seconds,
+        idle_seconds=args.idle_seconds,
     )
     try:
         handler = load_handler(args.handler)
@@ -473,8 +521,11 @@ def main(argv=None) -> int:
         return EXIT_STOPPED
     print(f"done: {report.summary()}", flush=True)
     if report.failed:
-        print(f"{counted(report.failed)} failed every retry: see {settings.failure_stream or local_runner.failures.file}; "
-              f"`runner.py replay` puts them back on the stream once their cause is fixed", flush=True)
+        print(
+            f"{counted(report.failed)} failed every retry: see {settings.failure_stream or local_runner.failures.file}; "
+            f"`runner.py replay` puts them back on the stream once their cause is fixed",
+            flush=True,
+        )
         return EXIT_RECORDS_FAILED
     return EXIT_OK
 

@@ -76,7 +76,12 @@ def tracking_store(uri: str):
             mlflow.set_tracking_uri(saved or "")
 
 
-WEB_SERVICE_COMMAND = [local_stack.bin_path("gunicorn"), "-c", str(ROOT / "web-service" / "gunicorn.conf.py"), "predict:app"]
+WEB_SERVICE_COMMAND = [
+    local_stack.bin_path("gunicorn"),
+    "-c",
+    str(ROOT / "web-service" / "gunicorn.conf.py"),
+    "predict:app",
+]
 
 
 def start_web_service(logs_dir: Path, name: str, env: dict):
@@ -136,7 +141,12 @@ def registered_model(tmp_path_factory, training_months):
         pipeline = train.fit(train.make_pipeline(LinearRegression()), rides)
         info = train.log_pipeline(
             pipeline,
-            params={"regressor": "LinearRegression", "taxi_type": taxi, "train_month": "2021-01", "val_month": "2021-02"},
+            params={
+                "regressor": "LinearRegression",
+                "taxi_type": taxi,
+                "train_month": "2021-01",
+                "val_month": "2021-02",
+            },
             metrics={"val_rmse": train.rmse(pipeline, val)},
             tags={"data_source": "synthetic" if synthetic else "tlc"},
         )

@@ -111,7 +111,7 @@ def parse(text: str, readme: str) -> list[Block]:
         body = []
         number += 1
         while number < len(lines) and not lines[number].strip().startswith(closing):
-            body.append(lines[number][len(fence["indent"]):])
+            body.append(lines[number][len(fence["indent"]) :])
             number += 1
         number += 1  # past the closing fence
         language = fence["lang"].lower()
@@ -293,7 +293,12 @@ def run_readme(
     started = time.monotonic()
     with open(output_file, "wb") as output:
         process = subprocess.Popen(
-            command, cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+            command,
+            cwd=project,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         timed_out = None
@@ -355,7 +360,9 @@ def report(readme, blocks, status_file, output_file, logs, timed_out, seconds) -
         if block.ready:
             output = background_logs.get(block.where, "") + ("\n" + output if output else "")
         if index == timed_out:
-            results.append(Result(block, "timed out", output, block.timeout, problem=f"no end within {block.timeout:.0f} s"))
+            results.append(
+                Result(block, "timed out", output, block.timeout, problem=f"no end within {block.timeout:.0f} s")
+            )
         elif index not in ended:
             results.append(Result(block, "failed", output, took, problem=f"a command exited with status {exit_code}"))
         else:

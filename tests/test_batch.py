@@ -63,7 +63,10 @@ def offline(monkeypatch):
 def run_script(*args, env=None, timeout=300):
     return subprocess.run(
         [sys.executable, str(SCORE_PY), *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -82,13 +85,30 @@ def test_papermill_run_equals_script_row_for_row(registered_model, tmp_path):
     by_notebook, by_script = tmp_path / "notebook.parquet", tmp_path / "script.parquet"
     with tracking_store(registered_model["tracking_uri"]):  # the kernel and the script resolve the alias there
         papermill.execute_notebook(
-            str(ROOT / "notebooks" / "score.ipynb"), str(tmp_path / "score-run.ipynb"),
-            parameters={"taxi_type": "green", "year": 2021, "month": 3,
-                        "model_uri": registered_model["uri"], "output_file": str(by_notebook)},
-            cwd=str(ROOT / "notebooks"), progress_bar=False,
+            str(ROOT / "notebooks" / "score.ipynb"),
+            str(tmp_path / "score-run.ipynb"),
+            parameters={
+                "taxi_type": "green",
+                "year": 2021,
+                "month": 3,
+                "model_uri": registered_model["uri"],
+                "output_file": str(by_notebook),
+            },
+            cwd=str(ROOT / "notebooks"),
+            progress_bar=False,
         )
-        run = run_script("--taxi-type", "green", "--year", 2021, "--month", 3,
-                         "--model-uri", registered_model["uri"], "--output", by_script)
+        run = run_script(
+            "--taxi-type",
+            "green",
+            "--year",
+            2021,
+            "--month",
+            3,
+            "--model-uri",
+            registered_model["uri"],
+            "--output",
+            by_script,
+        )
     assert run.returncode == 0, run.stderr
     assert "scored 83,827 rides of green/2021-03" in run.stdout
 
@@ -97,8 +117,14 @@ def test_papermill_run_equals_script_row_for_row(registered_model, tmp_path):
     assert notebook_rows.attrs["model_version"] == registered_model["model_id"]
     assert len(script_rows) == 83_827  # every row of the file, no duration filter
     assert list(script_rows.columns) == [
-        "ride_id", "lpep_pickup_datetime", "PULocationID", "DOLocationID",
-        "actual_duration", "predicted_duration", "diff", "model_version",
+        "ride_id",
+        "lpep_pickup_datetime",
+        "PULocationID",
+        "DOLocationID",
+        "actual_duration",
+        "predicted_duration",
+        "diff",
+        "model_version",
     ]
     assert set(script_rows["model_version"]) == {registered_model["model_id"]}
     assert not script_rows.attrs["synthetic"]
@@ -141,14 +167,28 @@ def test_durations_equal_pandas(unit, rows):
     """duration_minutes is add_duration's arithmetic on int64 ticks, bit for bit: durations where
     ticks / ticks_per_second would differ in the last bit (ms, us, ns), a stray pickup 13 years back
     (beyond 2**53 ticks in nanoseconds, where pandas corrects the rounding) and missing timestamps."""
-    pickup = ["2022-01-01 10:00:00", "2022-01-01 11:00:00", "2022-01-01 12:00:00", "2009-01-01", None,
-              "2022-01-31 23:59:59"]
-    dropoff = ["2022-01-01 10:02:08.399883", "2022-01-01 11:01:38.541891004", "2022-01-01 12:00:04.940",
-               "2022-01-02 00:00:00.000000001", "2022-01-01", None]
-    rides = pd.DataFrame({
-        "lpep_pickup_datetime": pd.to_datetime(pickup[:rows], format="ISO8601").as_unit(unit),
-        "lpep_dropoff_datetime": pd.to_datetime(dropoff[:rows], format="ISO8601").as_unit(unit),
-    })
+    pickup = [
+        "2022-01-01 10:00:00",
+        "2022-01-01 11:00:00",
+        "2022-01-01 12:00:00",
+        "2009-01-01",
+        None,
+        "2022-01-31 23:59:59",
+    ]
+    dropoff = [
+        "2022-01-01 10:02:08.399883",
+        "2022-01-01 11:01:38.541891004",
+        "2022-01-01 12:00:04.940",
+        "2022-01-02 00:00:00.000000001",
+        "2022-01-01",
+        None,
+    ]
+    rides = pd.DataFrame(
+        {
+            "lpep_pickup_datetime": pd.to_datetime(pickup[:rows], format="ISO8601").as_unit(unit),
+            "lpep_dropoff_datetime": pd.to_datetime(dropoff[:rows], format="ISO8601").as_unit(unit),
+        }
+    )
     got = batch.duration_minutes(pa.array(rides["lpep_pickup_datetime"]), pa.array(rides["lpep_dropoff_datetime"]))
     expected = add_duration(rides, "green")["duration"].to_numpy()
     assert np.array_equal(got, expected, equal_nan=True), (got, expected)
@@ -164,12 +204,20 @@ def test_score_py_imports_neither_sklearn_nor_pandas(registered_model, tmp_path)
         "except SystemExit as exit:\n    assert exit.code == 0, exit.code\n"
         "print(sorted(m for m in ('sklearn', 'scipy', 'pandas', 'mlflow') if m in sys.modules))\n"
     )
-    run = subprocess.run([sys.executable, "-c", program, registered_model["artifact_uri"], str(tmp_path / "out.parquet")],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    run = subprocess.run(
+        [sys.executable, "-c", program, registered_model["artifact_uri"], str(tmp_path / "out.parquet")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout
-    assert len(pq.read_table(tmp_path / "out.parquet")) == pq.ParquetFile(
-        Path(os.environ["TAXI_DATA_DIR"]) / month_filename("green", 2021, 3)).metadata.num_rows
+    assert (
+        len(pq.read_table(tmp_path / "out.parquet"))
+        == pq.ParquetFile(Path(os.environ["TAXI_DATA_DIR"]) / month_filename("green", 2021, 3)).metadata.num_rows
+    )
 
 
 def test_small_batches_give_the_same_output_with_global_ride_ids(model, tmp_path, monkeypatch):
@@ -179,8 +227,9 @@ def test_small_batches_give_the_same_output_with_global_ride_ids(model, tmp_path
     monkeypatch.setattr(batch, "BATCH_ROWS", 10_000)
     batched = score.score_month("green", 2021, 3, model, str(tmp_path / "batched.parquet"))
     assert pq.ParquetFile(batched["output"]).metadata.num_row_groups == 9
-    pd.testing.assert_frame_equal(batch.read_output(whole["output"]), batch.read_output(batched["output"]),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        batch.read_output(whole["output"]), batch.read_output(batched["output"]), check_exact=True
+    )
 
 
 def test_synthetic_month_is_labelled(model, tmp_path, capsys):
@@ -207,19 +256,24 @@ def test_s3_output_on_moto(registered_model, model, bucket, tmp_path):
     """Done-when 3: score.py writes s3:// through AWS_ENDPOINT_URL; same rows as a local run."""
     require_real_months(("green", 2021, 3))
     destination = f"s3://{bucket}/green/2021-03.parquet"
-    run = run_script("--year", 2021, "--month", 3, "--model-uri", registered_model["artifact_uri"],
-                     "--output", destination)
+    run = run_script(
+        "--year", 2021, "--month", 3, "--model-uri", registered_model["artifact_uri"], "--output", destination
+    )
     assert run.returncode == 0, run.stderr
     local = score.score_month("green", 2021, 3, model, str(tmp_path / "local.parquet"))
-    pd.testing.assert_frame_equal(batch.read_output(destination), batch.read_output(local["output"]),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(batch.read_output(destination), batch.read_output(local["output"]), check_exact=True)
     info = batch.output_info(destination)
     assert info == {"model_version": registered_model["model_id"], "month": "green/2021-03", "synthetic": False}
     march = batch.open_month("green", 2021, 3)
     assert batch.scored_already(destination, march, registered_model["model_id"])[0]
-    assert batch.scored_already(destination, march, "m-other") == (False, f"existing output is by {registered_model['model_id']}")
+    assert batch.scored_already(destination, march, "m-other") == (
+        False,
+        f"existing output is by {registered_model['model_id']}",
+    )
     assert batch.scored_already(destination.replace("2021-03", "2021-04"), march, registered_model["model_id"]) == (
-        False, "no output yet")
+        False,
+        "no output yet",
+    )
 
 
 def test_failed_s3_upload_leaves_nothing(model, bucket, monkeypatch):
@@ -245,8 +299,20 @@ def test_failed_s3_upload_leaves_nothing(model, bucket, monkeypatch):
 
 
 def test_missing_bucket_is_a_clear_error(model, moto_url, capsys):
-    code, _, err = cli(["--year", 2021, "--month", 3, "--synthetic", "--model-uri", model.uri,
-                        "--output", "s3://no-such-bucket/green/2021-03.parquet"], capsys)
+    code, _, err = cli(
+        [
+            "--year",
+            2021,
+            "--month",
+            3,
+            "--synthetic",
+            "--model-uri",
+            model.uri,
+            "--output",
+            "s3://no-such-bucket/green/2021-03.parquet",
+        ],
+        capsys,
+    )
     assert code == 1
     assert err.splitlines()[-1].startswith("score.py: error: cannot upload s3://no-such-bucket/green/2021-03.parquet")
     assert "NoSuchBucket" in err
@@ -260,9 +326,24 @@ def test_process_killed_mid_upload_leaves_nothing(registered_model, bucket, tmp_
     s3 = boto3.client("s3")
     destination = f"s3://{bucket}/yellow/2022-01.parquet"
     process = subprocess.Popen(
-        [sys.executable, str(SCORE_PY), "--taxi-type", "yellow", "--year", "2022", "--month", "1",
-         "--synthetic", "--model-uri", registered_model["artifact_uri"], "--output", destination],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        [
+            sys.executable,
+            str(SCORE_PY),
+            "--taxi-type",
+            "yellow",
+            "--year",
+            "2022",
+            "--month",
+            "1",
+            "--synthetic",
+            "--model-uri",
+            registered_model["artifact_uri"],
+            "--output",
+            destination,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
         env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     try:
@@ -338,8 +419,9 @@ def test_missing_month_is_a_clear_error(model, tmp_path, capsys, offline, monkey
     monkeypatch.setenv("TAXI_DATA_DIR", str(tmp_path / "empty"))
     destination = tmp_path / "out.parquet"
     code, _, err = cli(["--year", 2021, "--month", 3, "--model-uri", model.uri, "--output", destination], capsys)
-    assert_clean_failure(code, err, destination, "score.py: error:", "green_tripdata_2021-03.parquet is not in",
-                         "--synthetic")
+    assert_clean_failure(
+        code, err, destination, "score.py: error:", "green_tripdata_2021-03.parquet is not in", "--synthetic"
+    )
 
 
 def test_wrong_schema_and_unreadable_files_are_clear_errors(model, tmp_path, capsys):
@@ -349,24 +431,41 @@ def test_wrong_schema_and_unreadable_files_are_clear_errors(model, tmp_path, cap
     not_parquet.write_text("these are not trip records\n")
     destination = tmp_path / "out.parquet"
     for bad, message in ((wrong, "is not a green TLC file: it lacks"), (not_parquet, "is not a readable parquet file")):
-        code, _, err = cli(["--year", 2021, "--month", 3, "--model-uri", model.uri, "--input", bad,
-                            "--output", destination], capsys)
+        code, _, err = cli(
+            ["--year", 2021, "--month", 3, "--model-uri", model.uri, "--input", bad, "--output", destination], capsys
+        )
         assert_clean_failure(code, err, destination, message)
 
 
 def test_yellow_file_given_as_green_is_a_clear_error(model, tmp_path, capsys):
     yellow = data.write_month_file(data.synthetic_month("yellow", 2022, 1, n_rides=100), tmp_path / "yellow.parquet")
     destination = tmp_path / "out.parquet"
-    code, _, err = cli(["--taxi-type", "green", "--year", 2022, "--month", 1, "--model-uri", model.uri,
-                        "--input", yellow, "--output", destination], capsys)
+    code, _, err = cli(
+        [
+            "--taxi-type",
+            "green",
+            "--year",
+            2022,
+            "--month",
+            1,
+            "--model-uri",
+            model.uri,
+            "--input",
+            yellow,
+            "--output",
+            destination,
+        ],
+        capsys,
+    )
     assert_clean_failure(code, err, destination, "lpep_pickup_datetime")
 
 
 def test_empty_month_gives_empty_output_with_the_schema(model, tmp_path, capsys):
     empty = data.write_month_file(data.synthetic_month("green", 2021, 3, n_rides=0), tmp_path / "empty-month.parquet")
     destination = tmp_path / "out.parquet"
-    code, out, err = cli(["--year", 2021, "--month", 3, "--model-uri", model.uri, "--input", empty,
-                          "--output", destination], capsys)
+    code, out, err = cli(
+        ["--year", 2021, "--month", 3, "--model-uri", model.uri, "--input", empty, "--output", destination], capsys
+    )
     assert code == 0, err
     assert "scored 0 rides" in out
     table = pq.read_table(destination)
@@ -386,8 +485,10 @@ def test_unknown_taxi_type_is_a_clear_error(model, tmp_path, capsys):
 
 def test_model_that_does_not_load_is_a_clear_error(tmp_path, capsys):
     destination = tmp_path / "out.parquet"
-    code, _, err = cli(["--year", 2021, "--month", 3, "--synthetic", "--model-uri", tmp_path / "no-model",
-                        "--output", destination], capsys)
+    code, _, err = cli(
+        ["--year", 2021, "--month", 3, "--synthetic", "--model-uri", tmp_path / "no-model", "--output", destination],
+        capsys,
+    )
     assert_clean_failure(code, err, destination, "cannot load model", "no MLmodel file")
 
 
@@ -407,8 +508,9 @@ def test_another_months_file_is_refused_unless_allowed(model, tmp_path, capsys):
     destination = tmp_path / "out.parquet"
     args = ["--year", 2021, "--month", 3, "--model-uri", model.uri, "--input", april, "--output", destination]
     code, _, err = cli(args, capsys)
-    assert_clean_failure(code, err, destination, "score.py: error:", "holds rides of 2021-04", "not of 2021-03",
-                         "--allow-other-month")
+    assert_clean_failure(
+        code, err, destination, "score.py: error:", "holds rides of 2021-04", "not of 2021-03", "--allow-other-month"
+    )
     code, out, err = cli([*args, "--allow-other-month"], capsys)
     assert code == 0, err
     scored = batch.read_output(destination)
@@ -440,22 +542,34 @@ def month_file(folder: Path, year: int, month: int, *, synthetic: bool, n_rides:
 
 def test_scored_already_needs_a_readable_output_of_the_same_month_rides_and_model(model, tmp_path):
     real = batch.open_month("green", 2021, 3, input_file=month_file(tmp_path / "real", 2021, 3, synthetic=False))
-    synthetic = batch.open_month("green", 2021, 3, input_file=month_file(tmp_path / "synthetic", 2021, 3, synthetic=True))
+    synthetic = batch.open_month(
+        "green", 2021, 3, input_file=month_file(tmp_path / "synthetic", 2021, 3, synthetic=True)
+    )
     destination = tmp_path / "output" / "2021-03.parquet"
     assert batch.scored_already(destination, real, model.version) == (False, "no output yet")
 
     score.score_month("green", 2021, 3, model, str(destination), month_input=real)
-    assert batch.scored_already(destination, real, model.version) == (True, f"already scored by {model.version} from real rides")
+    assert batch.scored_already(destination, real, model.version) == (
+        True,
+        f"already scored by {model.version} from real rides",
+    )
     assert batch.scored_already(destination, synthetic, model.version) == (
-        False, "existing output was scored from real rides, these are synthetic")
+        False,
+        "existing output was scored from real rides, these are synthetic",
+    )
     assert batch.scored_already(destination, real, "m-other") == (False, f"existing output is by {model.version}")
     april = batch.open_month("green", 2021, 4, input_file=month_file(tmp_path / "real", 2021, 4, synthetic=False))
     assert batch.scored_already(destination, april, model.version) == (False, "existing output holds green/2021-03")
-    more = batch.open_month("green", 2021, 3, input_file=month_file(tmp_path / "more", 2021, 3, synthetic=False, n_rides=600))
-    assert batch.scored_already(destination, more, model.version) == (False, "existing output has 500 rows for 600 rides")
+    more = batch.open_month(
+        "green", 2021, 3, input_file=month_file(tmp_path / "more", 2021, 3, synthetic=False, n_rides=600)
+    )
+    assert batch.scored_already(destination, more, model.version) == (
+        False,
+        "existing output has 500 rows for 600 rides",
+    )
 
     whole = destination.read_bytes()
-    destination.write_bytes(whole[:len(whole) // 2])  # a copy cut short
+    destination.write_bytes(whole[: len(whole) // 2])  # a copy cut short
     done, why = batch.scored_already(destination, real, model.version)
     assert not done and why.startswith("existing output unreadable")
 
@@ -477,13 +591,15 @@ def test_backfill_scores_again_what_is_not_done_and_skips_what_is(model, tmp_pat
     assert all(batch.output_info(output)["synthetic"] for output in outputs)
 
     monkeypatch.setenv("TAXI_DATA_DIR", str(folder))  # the real files arrived
-    assert statuses(synthetic="fallback") == [
-        ("scored", "re-scored: existing output was scored from synthetic rides, these are real")] * 3
+    assert (
+        statuses(synthetic="fallback")
+        == [("scored", "re-scored: existing output was scored from synthetic rides, these are real")] * 3
+    )
     assert not any(batch.output_info(output)["synthetic"] for output in outputs)
     assert [status for status, _ in statuses()] == ["skipped"] * 3
 
     whole = outputs[0].read_bytes()
-    outputs[0].write_bytes(whole[:len(whole) // 2])
+    outputs[0].write_bytes(whole[: len(whole) // 2])
     other = load_model(model.uri)
     other.model_id = "m-another-model"
     score.score_month("green", 2021, 2, other, str(outputs[1]))
@@ -508,9 +624,12 @@ def test_backfill_scores_skips_and_forces(model, tmp_path, capsys, offline, monk
         (only_two / name).symlink_to(Path(os.environ["TAXI_DATA_DIR"]) / name)
     monkeypatch.setenv("TAXI_DATA_DIR", str(only_two))
     root = tmp_path / "output"
+
     def backfill_cli(last_month):
-        return cli(["backfill", "--from", "2021-01", "--to", last_month, "--model-uri", model.uri,
-                    "--output-root", root], capsys)
+        return cli(
+            ["backfill", "--from", "2021-01", "--to", last_month, "--model-uri", model.uri, "--output-root", root],
+            capsys,
+        )
 
     code, out, _ = backfill_cli("2021-03")
     assert code == 1  # 2021-03 is missing here
@@ -559,13 +678,24 @@ def test_walkthrough_notebook_runs(registered_model, tmp_path):
     executed = tmp_path / "05-batch.ipynb"
     with tracking_store(registered_model["tracking_uri"]):
         papermill.execute_notebook(
-            str(ROOT / "notebooks" / "05-batch.ipynb"), str(executed),
-            parameters={"model_uri": registered_model["uri"], "output_root": str(output_root), "runs_dir": str(runs),
-                        "papermill_months": ["2021-03"], "backfill_from": "2021-02", "backfill_to": "2021-03"},
-            cwd=str(ROOT / "notebooks"), progress_bar=False,
+            str(ROOT / "notebooks" / "05-batch.ipynb"),
+            str(executed),
+            parameters={
+                "model_uri": registered_model["uri"],
+                "output_root": str(output_root),
+                "runs_dir": str(runs),
+                "papermill_months": ["2021-03"],
+                "backfill_from": "2021-02",
+                "backfill_to": "2021-03",
+            },
+            cwd=str(ROOT / "notebooks"),
+            progress_bar=False,
         )
     for month in ("2021-02", "2021-03"):
-        assert batch.output_info(output_root / "green" / f"{month}.parquet")["model_version"] == registered_model["model_id"]
+        assert (
+            batch.output_info(output_root / "green" / f"{month}.parquet")["model_version"]
+            == registered_model["model_id"]
+        )
     assert [p.name for p in runs.iterdir()] == ["score-green-2021-03.ipynb"]
     cells = nbformat.read(executed, as_version=4).cells
     text = "".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.outputs)
@@ -589,7 +719,9 @@ def test_local_output_has_the_usual_file_mode(tmp_path):
 
 def test_options_before_backfill_are_kept_and_misplaced_ones_refused():
     parser = score.build_parser()
-    args = parser.parse_args(["--model-uri", "m", "--taxi-type", "yellow", "backfill", "--from", "2021-01", "--to", "2021-02"])
+    args = parser.parse_args(
+        ["--model-uri", "m", "--taxi-type", "yellow", "backfill", "--from", "2021-01", "--to", "2021-02"]
+    )
     assert (args.model_uri, args.taxi_type, args.synthetic) == ("m", "yellow", False)
     args = parser.parse_args(["backfill", "--from", "2021-01", "--to", "2021-02", "--synthetic"])
     assert (args.taxi_type, args.synthetic) == ("green", True)

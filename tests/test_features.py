@@ -81,7 +81,8 @@ def test_loading_without_sklearn_serves_linear_pipelines_only(synthetic_rides, t
         folder = tmp_path / name
         folder.mkdir()
         (folder / "MLmodel").write_text(
-            "flavors:\n  sklearn:\n    pickled_model: model.pkl\n    serialization_format: pickle\nmodel_id: m-test\n")
+            "flavors:\n  sklearn:\n    pickled_model: model.pkl\n    serialization_format: pickle\nmodel_id: m-test\n"
+        )
         (folder / "model.pkl").write_bytes(pickle.dumps(pipeline))
         loaded = load_model(str(folder), without_sklearn=True)
         assert isinstance(loaded.pipeline, type(pipeline)) == (name == "scaled"), name

@@ -46,8 +46,9 @@ def same_key(fresh: dict, committed: dict) -> None:
 
 
 def checker(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "homework/check.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "homework/check.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def marked(question: str, answer: str, variant: str = "tlc") -> tuple[bool, str]:
@@ -69,9 +70,11 @@ def test_worked_solution_gets_every_answer_right(variant, tmp_path):
     variant_data(variant)
     answers_file = tmp_path / "answers.txt"
     papermill.execute_notebook(
-        str(ROOT / "homework" / "solution.ipynb"), str(tmp_path / "solution.ipynb"),
+        str(ROOT / "homework" / "solution.ipynb"),
+        str(tmp_path / "solution.ipynb"),
         parameters={"variant": variant, "work_dir": str(tmp_path / "work"), "answers_file": str(answers_file)},
-        cwd=str(ROOT / "homework"), progress_bar=False,
+        cwd=str(ROOT / "homework"),
+        progress_bar=False,
     )
     marks = check.mark(check.read_answers(answers_file), variant)
     assert all(right for _, right, _ in marks), marks
@@ -99,7 +102,10 @@ def test_checker_says_which_answer_is_wrong_and_why(tmp_path):
 def test_a_number_counts_only_within_the_tolerance(question, variant):
     value, tolerance = committed_key(variant)[question]["value"], answers.TOLERANCE[question]
     if tolerance:
-        inside, outside = [value - 0.99 * tolerance, value + 0.99 * tolerance], [value - 1.01 * tolerance, value + 1.01 * tolerance]
+        inside, outside = (
+            [value - 0.99 * tolerance, value + 0.99 * tolerance],
+            [value - 1.01 * tolerance, value + 1.01 * tolerance],
+        )
     else:
         inside, outside = [value], [value - 1, value + 1]
     for number in inside:
@@ -120,7 +126,9 @@ def test_the_right_option_is_within_the_tolerance_and_no_other(question, variant
 
 @pytest.mark.parametrize("question, answer", [("q8", "400,000"), ("q8", "1"), ("q6", "25.5"), ("q1", "9.6")])
 def test_a_wrong_number_near_the_right_option_fails(question, answer):
-    assert committed_key("tlc")[question]["answer"] == answers.closest(answers.OPTIONS[question]["tlc"], float(answer.replace(",", "")))
+    assert committed_key("tlc")[question]["answer"] == answers.closest(
+        answers.OPTIONS[question]["tlc"], float(answer.replace(",", ""))
+    )
     right, note = marked(question, answer)
     assert not right and "is not" in note and "hint:" in note, note
 
@@ -179,9 +187,13 @@ def test_starter_notebook_runs_to_the_end_and_shows_marks_and_hints_for_missing_
     import papermill
 
     answers_file = tmp_path / "answers.txt"
-    papermill.execute_notebook(str(ROOT / "homework" / "starter.ipynb"), str(tmp_path / "starter.ipynb"),
-                               parameters={"answers_file": str(answers_file), "variant": "synthetic"},
-                               cwd=str(ROOT / cwd), progress_bar=False)
+    papermill.execute_notebook(
+        str(ROOT / "homework" / "starter.ipynb"),
+        str(tmp_path / "starter.ipynb"),
+        parameters={"answers_file": str(answers_file), "variant": "synthetic"},
+        cwd=str(ROOT / cwd),
+        progress_bar=False,
+    )
     shown = last_cell_text(nbformat.read(tmp_path / "starter.ipynb", as_version=4))
     for question in answers.OPTIONS:
         assert f"{question}: WRONG  no answer; hint: {check.HINTS[question]}" in shown, shown
@@ -198,9 +210,13 @@ def test_starter_notebook_shows_marks_and_hints_for_wrong_answers(tmp_path):
     given = {q: "" for q in answers.OPTIONS} | {"q1": "nan", "q3": "Z", "q8": "400,000", "q9": key["q9"]["answer"]}
     answers_cell.source = f"answers = {given!r}"
     nbformat.write(notebook, tmp_path / "filled.ipynb")
-    papermill.execute_notebook(str(tmp_path / "filled.ipynb"), str(tmp_path / "marked.ipynb"),
-                               parameters={"answers_file": str(tmp_path / "answers.txt")},
-                               cwd=str(ROOT / "homework"), progress_bar=False)
+    papermill.execute_notebook(
+        str(tmp_path / "filled.ipynb"),
+        str(tmp_path / "marked.ipynb"),
+        parameters={"answers_file": str(tmp_path / "answers.txt")},
+        cwd=str(ROOT / "homework"),
+        progress_bar=False,
+    )
     shown = last_cell_text(nbformat.read(tmp_path / "marked.ipynb", as_version=4))
     assert f"q1: WRONG  'nan' is refused: not a finite number; hint: {check.HINTS['q1']}" in shown
     assert "q3: WRONG  'Z' is not one of the letters A, B, C, D; hint: " in shown
@@ -211,16 +227,55 @@ def test_starter_notebook_shows_marks_and_hints_for_wrong_answers(tmp_path):
 UTC = UTC
 
 
-@pytest.mark.parametrize("cron, after, expected", [
-    ("0 6 2 * *", datetime(2021, 12, 15, 12, 0, tzinfo=UTC), [datetime(2022, 1, 2, 6, 0, tzinfo=UTC), datetime(2022, 2, 2, 6, 0, tzinfo=UTC)]),
-    ("0 6 2 * *", datetime(2022, 1, 2, 6, 0, tzinfo=UTC), [datetime(2022, 2, 2, 6, 0, tzinfo=UTC), datetime(2022, 3, 2, 6, 0, tzinfo=UTC)]),
-    ("0 6 2 * *", datetime(2022, 1, 2, 5, 59, tzinfo=UTC), [datetime(2022, 1, 2, 6, 0, tzinfo=UTC), datetime(2022, 2, 2, 6, 0, tzinfo=UTC)]),
-    ("30 23 31 * *", datetime(2021, 1, 31, 23, 30, tzinfo=UTC), [datetime(2021, 3, 31, 23, 30, tzinfo=UTC), datetime(2021, 5, 31, 23, 30, tzinfo=UTC)]),
-    ("0 0 29 2 *", datetime(2021, 1, 1, tzinfo=UTC), [datetime(2024, 2, 29, tzinfo=UTC), datetime(2028, 2, 29, tzinfo=UTC)]),
-    ("0 9 * * 1", datetime(2021, 12, 15, tzinfo=UTC), [datetime(2021, 12, 20, 9, 0, tzinfo=UTC), datetime(2021, 12, 27, 9, 0, tzinfo=UTC)]),
-    ("0 9 13 * 5", datetime(2021, 12, 1, tzinfo=UTC), [datetime(2021, 12, 3, 9, 0, tzinfo=UTC), datetime(2021, 12, 10, 9, 0, tzinfo=UTC), datetime(2021, 12, 13, 9, 0, tzinfo=UTC)]),
-    ("*/20 8-9 1 1 *", datetime(2021, 6, 1, tzinfo=UTC), [datetime(2022, 1, 1, h, m, tzinfo=UTC) for h in (8, 9) for m in (0, 20, 40)]),
-])
+@pytest.mark.parametrize(
+    "cron, after, expected",
+    [
+        (
+            "0 6 2 * *",
+            datetime(2021, 12, 15, 12, 0, tzinfo=UTC),
+            [datetime(2022, 1, 2, 6, 0, tzinfo=UTC), datetime(2022, 2, 2, 6, 0, tzinfo=UTC)],
+        ),
+        (
+            "0 6 2 * *",
+            datetime(2022, 1, 2, 6, 0, tzinfo=UTC),
+            [datetime(2022, 2, 2, 6, 0, tzinfo=UTC), datetime(2022, 3, 2, 6, 0, tzinfo=UTC)],
+        ),
+        (
+            "0 6 2 * *",
+            datetime(2022, 1, 2, 5, 59, tzinfo=UTC),
+            [datetime(2022, 1, 2, 6, 0, tzinfo=UTC), datetime(2022, 2, 2, 6, 0, tzinfo=UTC)],
+        ),
+        (
+            "30 23 31 * *",
+            datetime(2021, 1, 31, 23, 30, tzinfo=UTC),
+            [datetime(2021, 3, 31, 23, 30, tzinfo=UTC), datetime(2021, 5, 31, 23, 30, tzinfo=UTC)],
+        ),
+        (
+            "0 0 29 2 *",
+            datetime(2021, 1, 1, tzinfo=UTC),
+            [datetime(2024, 2, 29, tzinfo=UTC), datetime(2028, 2, 29, tzinfo=UTC)],
+        ),
+        (
+            "0 9 * * 1",
+            datetime(2021, 12, 15, tzinfo=UTC),
+            [datetime(2021, 12, 20, 9, 0, tzinfo=UTC), datetime(2021, 12, 27, 9, 0, tzinfo=UTC)],
+        ),
+        (
+            "0 9 13 * 5",
+            datetime(2021, 12, 1, tzinfo=UTC),
+            [
+                datetime(2021, 12, 3, 9, 0, tzinfo=UTC),
+                datetime(2021, 12, 10, 9, 0, tzinfo=UTC),
+                datetime(2021, 12, 13, 9, 0, tzinfo=UTC),
+            ],
+        ),
+        (
+            "*/20 8-9 1 1 *",
+            datetime(2021, 6, 1, tzinfo=UTC),
+            [datetime(2022, 1, 1, h, m, tzinfo=UTC) for h in (8, 9) for m in (0, 20, 40)],
+        ),
+    ],
+)
 def test_next_runs_of_a_cron_expression(cron, after, expected):
     assert answers.next_runs(cron, after, len(expected)) == expected
 

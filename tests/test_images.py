@@ -37,7 +37,9 @@ def referenced_images() -> dict[Path, list[Path]]:
 
 def test_every_image_is_shown_somewhere_and_every_shown_image_exists():
     shown = referenced_images()
-    missing = {str(image): [str(d.relative_to(ROOT)) for d in docs] for image, docs in shown.items() if not image.exists()}
+    missing = {
+        str(image): [str(d.relative_to(ROOT)) for d in docs] for image, docs in shown.items() if not image.exists()
+    }
     assert missing == {}, "documents show images that do not exist"
     unused = sorted(path.name for path in IMAGES.iterdir() if path.resolve() not in shown)
     assert unused == [], "images/ holds files no README or notebook shows; remove them or show them"
@@ -50,11 +52,17 @@ def test_make_images_draws_the_committed_diagrams(tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
     from make_images import DIAGRAMS
 
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_images.py"), "--output-dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_images.py"), "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stderr == ""
     for name in DIAGRAMS:
         drawn, committed = matplotlib.image.imread(tmp_path / name), matplotlib.image.imread(IMAGES / name)
         assert drawn.shape == committed.shape, f"images/{name} is not what make_images.py draws: run make images"
-        assert np.abs(drawn - committed).mean() < 0.01, f"images/{name} is not what make_images.py draws: run make images"
+        assert np.abs(drawn - committed).mean() < 0.01, (
+            f"images/{name} is not what make_images.py draws: run make images"
+        )

@@ -50,14 +50,18 @@ def run(command: list[str], env: dict, timeout: float) -> subprocess.CompletedPr
 
 def exported(output: str) -> dict:
     """The `export NAME=value` lines `local_stack.py start` prints for readers."""
-    return dict(line[len("export "):].split("=", 1) for line in output.splitlines() if line.startswith("export "))
+    return dict(line[len("export ") :].split("=", 1) for line in output.splitlines() if line.startswith("export "))
 
 
 @pytest.fixture
 def stack_env(tmp_path):
     """The script's settings: free ports and a state folder of this test's own; stops what is left."""
-    env = {**os.environ, "MOTO_PORT": str(local_stack.free_port()), "MLFLOW_PORT": str(local_stack.free_port()),
-           "LOCAL_STACK_DIR": str(tmp_path / "local-stack")}
+    env = {
+        **os.environ,
+        "MOTO_PORT": str(local_stack.free_port()),
+        "MLFLOW_PORT": str(local_stack.free_port()),
+        "LOCAL_STACK_DIR": str(tmp_path / "local-stack"),
+    }
     for name in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
         env.pop(name, None)
     yield env
@@ -69,7 +73,9 @@ def stack_env(tmp_path):
 
 def logs(env: dict) -> str:
     folder = env["LOCAL_STACK_DIR"]
-    return "\n".join(f"{name}.log:\n{local_stack.log_tail(Path(folder) / f'{name}.log')}" for name in ("moto", "mlflow"))
+    return "\n".join(
+        f"{name}.log:\n{local_stack.log_tail(Path(folder) / f'{name}.log')}" for name in ("moto", "mlflow")
+    )
 
 
 def test_a_model_registered_in_server_mode_loads_after_stop_and_start(stack_env):
@@ -87,10 +93,12 @@ def test_a_model_registered_in_server_mode_loads_after_stop_and_start(stack_env)
     assert "running" not in status, status
 
     restarted = run([sys.executable, str(SCRIPT), "start"], stack_env, timeout=300)
-    after = subprocess.run([sys.executable, "-c", LOAD], cwd=ROOT, env=reader, capture_output=True, text=True,
-                           timeout=120)
-    assert after.returncode == 0, (f"the model did not load after a restart:\n{after.stderr[-3000:]}\n"
-                                   f"{restarted.stdout}\n{logs(stack_env)}")
+    after = subprocess.run(
+        [sys.executable, "-c", LOAD], cwd=ROOT, env=reader, capture_output=True, text=True, timeout=120
+    )
+    assert after.returncode == 0, (
+        f"the model did not load after a restart:\n{after.stderr[-3000:]}\n{restarted.stdout}\n{logs(stack_env)}"
+    )
     assert json.loads(after.stdout.splitlines()[-1]) == before
     assert "restored" in restarted.stdout
     run([sys.executable, str(SCRIPT), "stop"], stack_env, timeout=120)

@@ -83,15 +83,18 @@ def notebook_with_outputs(path: Path, outputs: list) -> Path:
     return path
 
 
-@pytest.mark.parametrize("text", [
-    "/x/tqdm/auto.py:21: TqdmWarning: IProgress not found. Please update jupyter and ipywidgets.",
-    "2026/12/01 09:36:31 WARNING mlflow.sklearn: Saving scikit-learn models in the pickle format",
-    "2026/12/01 09:36:23 INFO mlflow.store.db.utils: Creating initial MLflow database tables...",
-    "INFO  [alembic.runtime.migration] Running upgrade",
-    "[IPKernelApp] WARNING | Kernel is running over TCP without encryption.",
-    "Traceback (most recent call last):",
-    "\x1b[0;31mValueError\x1b[0m",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "/x/tqdm/auto.py:21: TqdmWarning: IProgress not found. Please update jupyter and ipywidgets.",
+        "2026/12/01 09:36:31 WARNING mlflow.sklearn: Saving scikit-learn models in the pickle format",
+        "2026/12/01 09:36:23 INFO mlflow.store.db.utils: Creating initial MLflow database tables...",
+        "INFO  [alembic.runtime.migration] Running upgrade",
+        "[IPKernelApp] WARNING | Kernel is running over TCP without encryption.",
+        "Traceback (most recent call last):",
+        "\x1b[0;31mValueError\x1b[0m",
+    ],
+)
 def test_the_noise_check_catches_each_kind_of_noise(tmp_path, text):
     import nbformat
 
@@ -106,11 +109,12 @@ def test_the_noise_check_passes_our_own_notices(tmp_path):
 
     ours = [
         nbformat.v4.new_output("stream", name="stdout", text="best on validation: Ridge alpha=1.0 (RMSE 6.9876)\n"),
-        nbformat.v4.new_output("stream", name="stderr", text="*** SYNTHETIC DATA: green 2021-02 is a generated month ***\n"),
+        nbformat.v4.new_output(
+            "stream", name="stderr", text="*** SYNTHETIC DATA: green 2021-02 is a generated month ***\n"
+        ),
         nbformat.v4.new_output("stream", name="stderr", text="record 998 rejected: data is not JSON\n"),
     ]
     assert noise(notebook_with_outputs(tmp_path / "ours.ipynb", ours)) == []
-
 
 
 def test_each_notebook_gets_only_the_parameters_it_declares():

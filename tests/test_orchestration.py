@@ -53,10 +53,18 @@ def prefect_api(tmp_path_factory, logs_dir):
     port = local_stack.free_port()
     home = tmp_path_factory.mktemp("prefect-home")
     env = {**flows.local_prefect_env(port, home), "PREFECT_UI_ENABLED": "false", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
-    process = local_stack.start(flows.server_command(port), logs_dir / "prefect-server.log",
-                                f"http://{local_stack.HOST}:{port}/api/health", env=env, timeout=240)
+    process = local_stack.start(
+        flows.server_command(port),
+        logs_dir / "prefect-server.log",
+        f"http://{local_stack.HOST}:{port}/api/health",
+        env=env,
+        timeout=240,
+    )
     try:
-        with environment(env), temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_HOME: home}):
+        with (
+            environment(env),
+            temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_HOME: home}),
+        ):
             yield env
             drain_prefect_workers()
     finally:
@@ -80,11 +88,25 @@ def served(prefect_api, registered_model, tmp_path_factory, logs_dir):
     runner_port = local_stack.free_port()
     log = logs_dir / "prefect-serve.log"
     process = local_stack.start(
-        [sys.executable, str(FLOWS_PY), "serve", "--taxi-type", "green", "--synthetic-fallback",
-         "--model-uri", registered_model["artifact_uri"], "--output-root", str(output_root)],
-        log, f"http://{local_stack.HOST}:{runner_port}/health",
-        env={"PREFECT_RUNNER_SERVER_ENABLE": "true", "PREFECT_RUNNER_SERVER_HOST": local_stack.HOST,
-             "PREFECT_RUNNER_SERVER_PORT": str(runner_port)},
+        [
+            sys.executable,
+            str(FLOWS_PY),
+            "serve",
+            "--taxi-type",
+            "green",
+            "--synthetic-fallback",
+            "--model-uri",
+            registered_model["artifact_uri"],
+            "--output-root",
+            str(output_root),
+        ],
+        log,
+        f"http://{local_stack.HOST}:{runner_port}/health",
+        env={
+            "PREFECT_RUNNER_SERVER_ENABLE": "true",
+            "PREFECT_RUNNER_SERVER_HOST": local_stack.HOST,
+            "PREFECT_RUNNER_SERVER_PORT": str(runner_port),
+        },
         timeout=180,
     )
     yield {"output_root": output_root, "log": log}
@@ -122,9 +144,14 @@ def task_runs(flow_run_id, name: str, expected: int = 1, timeout: float = 30) ->
 # --- the month rule -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("run_date, month", [
-    (date(2021, 4, 2), (2021, 3)), (date(2021, 4, 30), (2021, 3)), (date(2022, 1, 2), (2021, 12)),
-])
+@pytest.mark.parametrize(
+    "run_date, month",
+    [
+        (date(2021, 4, 2), (2021, 3)),
+        (date(2021, 4, 30), (2021, 3)),
+        (date(2022, 1, 2), (2021, 12)),
+    ],
+)
 def test_a_run_scores_the_month_before_its_date(run_date, month):
     assert flows.month_to_score(run_date) == month
 
@@ -167,9 +194,11 @@ def scheduled_runs(deployment_id, expected: int, timeout: float) -> list:
         while True:
             runs = client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-                    any_=[StateType.SCHEDULED]))),
-                sort=FlowRunSort.EXPECTED_START_TIME_ASC)
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+                ),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            )
             if len(runs) >= expected or time.monotonic() > deadline:
                 return runs
             time.sleep(1)
@@ -189,7 +218,8 @@ def wait_final(flow_run_id, timeout: float):
 
 
 def test_the_servers_scheduler_creates_the_monthly_runs_and_a_due_one_scores_its_month(
-        served, registered_model, logs_dir):
+    served, registered_model, logs_dir
+):
     """The server's scheduler (not this test) creates the monthly deployment's runs at the cron's next
     times; the earliest, made due now, is picked up by the served deployment and scores the month
     before the date it was scheduled for (a month no file exists for: --synthetic-fallback scores a
@@ -200,8 +230,7 @@ def test_the_servers_scheduler_creates_the_monthly_runs_and_a_due_one_scores_its
     server_log = logs_dir / "prefect-server.log"
 
     def logs() -> str:
-        return (f"server log:\n{local_stack.log_tail(server_log)}\n"
-                f"serve log:\n{local_stack.log_tail(served['log'])}")
+        return f"server log:\n{local_stack.log_tail(server_log)}\nserve log:\n{local_stack.log_tail(served['log'])}"
 
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(flows.MONTHLY)
@@ -222,12 +251,15 @@ def test_the_servers_scheduler_creates_the_monthly_runs_and_a_due_one_scores_its
     assert finished.expected_start_time == due.expected_start_time  # still the date the scheduler gave it
 
     info = batch.output_info(output)
-    assert info == {"model_version": registered_model["model_id"], "month": f"green/{year:04d}-{month:02d}",
-                    "synthetic": not has_real_month("green", year, month)}
+    assert info == {
+        "model_version": registered_model["model_id"],
+        "month": f"green/{year:04d}-{month:02d}",
+        "synthetic": not has_real_month("green", year, month),
+    }
     assert len(batch.read_output(output)) > 0
     assert staging_leftovers(served["output_root"]) == []
     later = scheduled_runs(deployment.id, expected=len(runs) - 1, timeout=0)
-    assert [run.id for run in later][:len(runs) - 1] == [run.id for run in runs[1:]]
+    assert [run.id for run in later][: len(runs) - 1] == [run.id for run in runs[1:]]
 
 
 def test_served_deployment_scores_the_month_before_the_trigger_date(served, registered_model):
@@ -242,7 +274,9 @@ def test_served_deployment_scores_the_month_before_the_trigger_date(served, regi
 
     started = time.time()
     result = run_cli("trigger", "--date", "2021-04-02", "--timeout", "400")
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\nserve log:\n{local_stack.log_tail(served['log'])}"
+    assert result.returncode == 0, (
+        f"{result.stdout}\n{result.stderr}\nserve log:\n{local_stack.log_tail(served['log'])}"
+    )
     assert "Completed" in result.stdout
 
     output = served["output_root"] / "green" / "2021-03.parquet"
@@ -262,7 +296,9 @@ def test_backfill_of_three_months_equals_score_py(served, registered_model, tmp_
     require_real_months(*[("green", year, month) for year, month in months])
 
     result = run_cli("backfill", "--from", "2021-01", "--to", "2021-03", "--timeout", "600", timeout=700)
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\nserve log:\n{local_stack.log_tail(served['log'])}"
+    assert result.returncode == 0, (
+        f"{result.stdout}\n{result.stderr}\nserve log:\n{local_stack.log_tail(served['log'])}"
+    )
 
     for year, month in months:
         orchestrated = served["output_root"] / "green" / f"{year:04d}-{month:02d}.parquet"
@@ -288,8 +324,9 @@ def test_output_to_s3_equals_score_py(prefect_api, registered_model, moto_url, t
     require_real_months(("green", 2021, 2))
     bucket = f"orchestrated-{time.monotonic_ns()}"
     boto3.client("s3").create_bucket(Bucket=bucket)
-    state = flows.score_month_flow(date(2021, 3, 2), "green", registered_model["artifact_uri"],
-                                   f"s3://{bucket}/scores", return_state=True)
+    state = flows.score_month_flow(
+        date(2021, 3, 2), "green", registered_model["artifact_uri"], f"s3://{bucket}/scores", return_state=True
+    )
     assert state.is_completed(), state.message
     uploaded = f"s3://{bucket}/scores/green/2021-02.parquet"
     by_script = score.score_month("green", 2021, 2, registered_model["artifact_uri"], f"s3://{bucket}/script.parquet")
@@ -319,8 +356,9 @@ def test_transient_read_failure_is_retried_and_the_run_completes(prefect_api, re
 
     monkeypatch.setattr(data, "download", flaky_download)
     output_root = tmp_path / "output"
-    state = flows.score_month_flow(date(2021, 3, 2), "green", registered_model["artifact_uri"], str(output_root),
-                                   return_state=True)
+    state = flows.score_month_flow(
+        date(2021, 3, 2), "green", registered_model["artifact_uri"], str(output_root), return_state=True
+    )
     assert state.is_completed(), state.message
     assert downloads == [data.month_url("green", 2021, 2)] * 2
 
@@ -348,8 +386,9 @@ def test_bad_input_is_not_retried(prefect_api, registered_model, tmp_path, monke
     output_root = tmp_path / "output"
     for taxi_type, reason in [("green", "is not a readable parquet file"), ("purple", "unknown taxi type 'purple'")]:
         opened.clear()
-        state = flows.score_month_flow(date(2021, 3, 2), taxi_type, registered_model["artifact_uri"],
-                                       str(output_root), return_state=True)
+        state = flows.score_month_flow(
+            date(2021, 3, 2), taxi_type, registered_model["artifact_uri"], str(output_root), return_state=True
+        )
         assert state.is_failed()
         assert reason in state.message
         assert len(opened) == 1, f"{taxi_type}: read ran {len(opened)} times"
@@ -367,10 +406,17 @@ def test_notebook_runs_one_flow_under_papermill(prefect_api, registered_model, t
 
     require_real_months(("green", 2021, 3))
     papermill.execute_notebook(
-        str(NOTEBOOK), str(tmp_path / "06-orchestrate.ipynb"),
-        parameters={"run_date": "2021-04-02", "taxi_type": "green", "model_uri": registered_model["artifact_uri"],
-                    "output_root": str(tmp_path / "output"), "synthetic": False},
-        cwd=str(ROOT / "notebooks"), progress_bar=False,
+        str(NOTEBOOK),
+        str(tmp_path / "06-orchestrate.ipynb"),
+        parameters={
+            "run_date": "2021-04-02",
+            "taxi_type": "green",
+            "model_uri": registered_model["artifact_uri"],
+            "output_root": str(tmp_path / "output"),
+            "synthetic": False,
+        },
+        cwd=str(ROOT / "notebooks"),
+        progress_bar=False,
     )
     output = tmp_path / "output" / "green" / "2021-03.parquet"
     assert batch.output_info(output)["month"] == "green/2021-03"

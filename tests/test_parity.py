@@ -70,19 +70,35 @@ def fast_predictor(rides, model, tmp_path):
 def score_py(rides, model, tmp_path):
     """The batch scorer as deployed: the rides as a TLC month file, scored by scripts/score.py."""
     pickup = pd.Timestamp("2021-03-15 08:00:00")
-    month = pd.DataFrame({
-        "lpep_pickup_datetime": [pickup] * len(rides),
-        "lpep_dropoff_datetime": [pickup + pd.Timedelta(minutes=10)] * len(rides),
-        "PULocationID": [r["PULocationID"] for r in rides],
-        "DOLocationID": [r["DOLocationID"] for r in rides],
-        "trip_distance": [r["trip_distance"] for r in rides],
-    })
+    month = pd.DataFrame(
+        {
+            "lpep_pickup_datetime": [pickup] * len(rides),
+            "lpep_dropoff_datetime": [pickup + pd.Timedelta(minutes=10)] * len(rides),
+            "PULocationID": [r["PULocationID"] for r in rides],
+            "DOLocationID": [r["DOLocationID"] for r in rides],
+            "trip_distance": [r["trip_distance"] for r in rides],
+        }
+    )
     source = write_month_file(month, tmp_path / "parity-rides.parquet")
     output = tmp_path / "parity-scored.parquet"
     run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "score.py"), "--year", "2021", "--month", "3",
-         "--model-uri", model["artifact_uri"], "--input", str(source), "--output", str(output)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "score.py"),
+            "--year",
+            "2021",
+            "--month",
+            "3",
+            "--model-uri",
+            model["artifact_uri"],
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     scored = read_output(output)
@@ -110,8 +126,12 @@ def lambda_handler(rides, model, tmp_path):
     import runner
 
     records = [
-        {"Data": json.dumps({"ride": ride, "ride_id": i}).encode(), "PartitionKey": str(i),
-         "SequenceNumber": str(1000 + i), "ApproximateArrivalTimestamp": datetime.now(UTC)}
+        {
+            "Data": json.dumps({"ride": ride, "ride_id": i}).encode(),
+            "PartitionKey": str(i),
+            "SequenceNumber": str(1000 + i),
+            "ApproximateArrivalTimestamp": datetime.now(UTC),
+        }
         for i, ride in enumerate(rides)
     ]
     event = runner.lambda_event(records, "shardId-000000000000", "arn:aws:kinesis:us-east-1:000000000000:stream/rides")

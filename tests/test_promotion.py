@@ -30,8 +30,12 @@ def code_output(executed: Path) -> str:
     import nbformat
 
     cells = nbformat.read(executed, as_version=4).cells
-    return "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
-                   for c in cells if c.cell_type == "code" for o in c.outputs)
+    return "".join(
+        o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+        for c in cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
 
 
 def test_offline_then_real_tutorial_promotes_and_scores_with_the_real_model(tmp_path):
@@ -52,7 +56,9 @@ def test_offline_then_real_tutorial_promotes_and_scores_with_the_real_model(tmp_
         run_notebook("01-train", {"synthetic": False}, output_dir=tmp_path / "real")  # asserts the course's RMSE
         registered = code_output(run_notebook("02-register", {"server_mode": False}, output_dir=tmp_path / "real"))
         runs = train.model_runs()
-        by_source = {source: [r for r in runs if r.data.tags["data_source"] == source] for source in ("synthetic", "tlc")}
+        by_source = {
+            source: [r for r in runs if r.data.tags["data_source"] == source] for source in ("synthetic", "tlc")
+        }
         best_real = min(by_source["tlc"], key=lambda run: run.data.metrics["val_rmse"])
         assert min(r.data.metrics["val_rmse"] for r in by_source["synthetic"]) < best_real.data.metrics["val_rmse"]
         champion = production()
@@ -62,7 +68,9 @@ def test_offline_then_real_tutorial_promotes_and_scores_with_the_real_model(tmp_
         assert float(champion.tags["val_rmse"]) == best_real.data.metrics["val_rmse"]
         assert champion.tags["replaced_version"] == str(synthetic_champion.version)
         assert champion.tags["replaced_model_id"] == train.version_model_id(synthetic_champion)
-        assert "real data replaces a champion validated on green 2021-02 (synthetic)" in champion.tags["promoted_because"]
+        assert (
+            "real data replaces a champion validated on green 2021-02 (synthetic)" in champion.tags["promoted_because"]
+        )
         assert f"replaced version {synthetic_champion.version}" in champion.description
         assert "promoted: real data replaces" in registered
 
@@ -90,9 +98,16 @@ def log_run(regressor, train_month: str, val_month: str, data_source: str = "syn
     pipeline = train.fit(train.make_pipeline(regressor), rides(train_month))
     val_rmse = train.rmse(pipeline, rides(val_month))
     info = train.log_pipeline(
-        pipeline, params={"regressor": type(regressor).__name__, "taxi_type": "green", "train_month": train_month,
-                          "val_month": val_month},
-        metrics={"val_rmse": val_rmse}, tags={"data_source": data_source})
+        pipeline,
+        params={
+            "regressor": type(regressor).__name__,
+            "taxi_type": "green",
+            "train_month": train_month,
+            "val_month": val_month,
+        },
+        metrics={"val_rmse": val_rmse},
+        tags={"data_source": data_source},
+    )
     return info.model_id, val_rmse
 
 
@@ -161,7 +176,9 @@ def test_runs_on_other_data_are_not_compared(rules):
     earlier, _ = log_run(LinearRegression(), "2021-01", "2021-02")
     newest, _ = log_run(LinearRegression(), "2021-03", "2021-04")
     assert train.best_run(experiment).outputs.model_outputs[0].model_id == newest
-    older = train.best_run(experiment, validation={"taxi_type": "green", "val_month": "2021-02", "data_source": "synthetic"})
+    older = train.best_run(
+        experiment, validation={"taxi_type": "green", "val_month": "2021-02", "data_source": "synthetic"}
+    )
     assert older.outputs.model_outputs[0].model_id == earlier
     with pytest.raises(LookupError, match="green 2021-02 \\(tlc\\)"):
         train.best_run(experiment, validation={"taxi_type": "green", "val_month": "2021-02", "data_source": "tlc"})

@@ -32,8 +32,7 @@ def shell_env(with_uv: bool = False) -> dict:
     """A reader's environment: this one's PATH (without a virtual environment's bin, with the uv that
     made this .venv when asked), HOME, locale, uv and pip settings, TAXI_DATA_DIR; none of the settings
     the tests make for themselves (AWS, MLflow, Prefect, ports)."""
-    path = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(":")
-            if not (Path(p) / "activate").exists()]
+    path = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(":") if not (Path(p) / "activate").exists()]
     if with_uv:
         path.insert(0, str(Path(local_stack.uv_binary()).parent))
     keep = {"HOME", "USER", "LANG", "TERM", "TZ", "TAXI_DATA_DIR", "CI", "PYTHONDONTWRITEBYTECODE"}
@@ -112,18 +111,23 @@ def test_background_blocks_are_stopped_at_the_end(tmp_path):
 
 
 def test_a_server_in_a_session_of_its_own_is_stopped_too(tmp_path):
-    report = run_sample(tmp_path, """\
+    report = run_sample(
+        tmp_path,
+        """\
         ```bash
         setsid python3 -c "import os, time; open('pid', 'w').write(str(os.getpid())); time.sleep(600)" &
         sleep 1
         ```
-    """)
+    """,
+    )
     assert report.failures == [], report.failure_text()
     assert not running(int((tmp_path / "project" / "pid").read_text()))
 
 
 def test_a_broken_command_is_reported_with_its_line_and_output(tmp_path):
-    report = run_sample(tmp_path, """\
+    report = run_sample(
+        tmp_path,
+        """\
         # Sample
 
         ```bash
@@ -141,7 +145,8 @@ def test_a_broken_command_is_reported_with_its_line_and_output(tmp_path):
         ```bash
         echo not reached
         ```
-    """)
+    """,
+    )
     assert [r.status for r in report.results] == ["passed", "failed", "not run"]
     failure = report.failure_text()
     assert failure.startswith("README.md:9: block failed")
@@ -150,34 +155,43 @@ def test_a_broken_command_is_reported_with_its_line_and_output(tmp_path):
 
 
 def test_output_that_differs_from_the_readme_fails(tmp_path):
-    report = run_sample(tmp_path, """\
+    report = run_sample(
+        tmp_path,
+        """\
         ```bash
         echo '{"duration": 17.5}'   # prints: {"duration": 25.8...}
         ```
-    """)
+    """,
+    )
     assert report.results[0].status == "failed"
     assert "does not show" in report.failure_text() and "17.5" in report.failure_text()
 
 
 def test_a_block_that_hangs_times_out(tmp_path):
     started = time.monotonic()
-    report = run_sample(tmp_path, """\
+    report = run_sample(
+        tmp_path,
+        """\
         <!-- readme-test: timeout 2 -->
         ```bash
         sleep 600
         ```
-    """)
+    """,
+    )
     assert report.results[0].status == "timed out"
     assert time.monotonic() - started < 30
 
 
 def test_a_server_that_dies_before_it_is_ready_fails(tmp_path):
-    report = run_sample(tmp_path, """\
+    report = run_sample(
+        tmp_path,
+        """\
         <!-- readme-test: background until "Listening" -->
         ```bash
         echo "cannot bind"; exit 3
         ```
-    """)
+    """,
+    )
     assert report.results[0].status == "failed"
     assert "cannot bind" in report.failure_text()
 
@@ -188,19 +202,26 @@ def test_a_network_namespace_gives_the_readme_its_own_default_ports(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        report = run_sample(tmp_path, f"""\
+        report = run_sample(
+            tmp_path,
+            f"""\
             ```bash
             python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', {port})); print('bound')"  # prints: bound
             ```
-        """, own_network=True)
+        """,
+            own_network=True,
+        )
     assert report.failures == [], report.failure_text()
 
 
-@pytest.mark.parametrize("marker, problem", [
-    ("<!-- readme-test: skip -->", "a skip needs a reason"),
-    ("<!-- readme-test: skip () -->", "a skip needs a reason"),
-    ("<!-- readme-test: skipp (typo) -->", "unknown readme-test clause"),
-])
+@pytest.mark.parametrize(
+    "marker, problem",
+    [
+        ("<!-- readme-test: skip -->", "a skip needs a reason"),
+        ("<!-- readme-test: skip () -->", "a skip needs a reason"),
+        ("<!-- readme-test: skipp (typo) -->", "unknown readme-test clause"),
+    ],
+)
 def test_malformed_markers_are_refused(marker, problem):
     with pytest.raises(ReadmeError, match=problem):
         parse(f"{marker}\n```bash\ntrue\n```\n", "README.md")
@@ -220,6 +241,7 @@ def test_printed_text_matching():
 
 
 # --- the project's READMEs ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("readme", READMES)
 def test_every_skip_has_a_reason(readme):
@@ -242,10 +264,16 @@ def test_every_skip_has_a_reason(readme):
 def copy_project(destination: Path) -> None:
     """What a reader's clone holds: the tracked files and the new ones git does not ignore, as they
     are in this working tree (so an edited README is tested before it is committed)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = ROOT / name
         if source.is_file():
@@ -263,8 +291,9 @@ def copy_tree(source: Path, destination: Path) -> None:
 
 
 def in_own_network(command: list[str]) -> list[str]:
-    return ["unshare", "-rn", "bash", "-c", 'ip link set lo up && exec "$@"', "bash", *command] if OWN_NETWORK \
-        else command
+    return (
+        ["unshare", "-rn", "bash", "-c", 'ip link set lo up && exec "$@"', "bash", *command] if OWN_NETWORK else command
+    )
 
 
 @pytest.fixture(scope="session")
@@ -276,8 +305,14 @@ def after_quickstart(tmp_path_factory):
     copy_project(project)
     log = base / "make-tutorial.log"
     with open(log, "wb") as out:
-        done = subprocess.run(in_own_network(["make", "tutorial"]), cwd=project, env=shell_env(with_uv=True),
-                              stdout=out, stderr=subprocess.STDOUT, timeout=1800)
+        done = subprocess.run(
+            in_own_network(["make", "tutorial"]),
+            cwd=project,
+            env=shell_env(with_uv=True),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=1800,
+        )
     if done.returncode:
         pytest.fail(f"the Quick start's make tutorial failed:\n{log.read_text()[-5000:]}")
     snapshot = base / "snapshot"
@@ -290,8 +325,10 @@ def check_default_ports_free() -> None:
     for port in DEFAULT_PORTS:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
-                pytest.fail(f"port {port} is in use and unshare -rn is not available: the README's commands "
-                            "use the default ports; stop what listens there")
+                pytest.fail(
+                    f"port {port} is in use and unshare -rn is not available: the README's commands "
+                    "use the default ports; stop what listens there"
+                )
 
 
 def test_a_broken_readme_fails_at_its_line(tmp_path):
@@ -312,7 +349,9 @@ def test_a_broken_readme_fails_at_its_line(tmp_path):
 
 def test_a_server_that_answers_a_url(tmp_path):
     port = local_stack.free_port()
-    report = run_sample(tmp_path, f"""\
+    report = run_sample(
+        tmp_path,
+        f"""\
         <!-- readme-test: background until http://127.0.0.1:{port}/ -->
         ```bash
         python3 -m http.server {port} --bind 127.0.0.1
@@ -321,7 +360,8 @@ def test_a_server_that_answers_a_url(tmp_path):
         ```bash
         python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/').status)"  # prints: 200
         ```
-    """)
+    """,
+    )
     assert report.failures == [], report.failure_text()
     assert "GET / HTTP" in report.background_logs["README.md:2"]
 

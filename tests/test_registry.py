@@ -34,12 +34,17 @@ def test_loads_by_alias_id_and_artifact_uri(tracking):
     assert load_model(tracking["uri"]).registered_version == f"ride-duration/{tracking['version']}"
 
 
-def test_production_model_loads_from_s3_with_the_tracking_server_stopped(registered_model, moto_url, logs_dir, tmp_path):
+def test_production_model_loads_from_s3_with_the_tracking_server_stopped(
+    registered_model, moto_url, logs_dir, tmp_path
+):
     local_stack.ensure_bucket()
     port = local_stack.free_port()
     server = local_stack.start_mlflow(
-        port, logs_dir / "mlflow-registry.log", f"sqlite:///{tmp_path / 'server.db'}",
-        f"s3://{local_stack.ARTIFACT_BUCKET}/registry-test", env=local_stack.aws_env(moto_url),
+        port,
+        logs_dir / "mlflow-registry.log",
+        f"sqlite:///{tmp_path / 'server.db'}",
+        f"s3://{local_stack.ARTIFACT_BUCKET}/registry-test",
+        env=local_stack.aws_env(moto_url),
     )
     try:
         with tracking_store(f"http://127.0.0.1:{port}"):
@@ -57,11 +62,14 @@ def test_production_model_loads_from_s3_with_the_tracking_server_stopped(registe
     assert np.array_equal(served.pipeline.predict(FEATURES), registered_model["pipeline"].predict(FEATURES))
 
 
-@pytest.mark.parametrize("uri, reason", [
-    ("", "no model URI"),
-    ("/nonexistent/model", "no MLmodel file"),
-    ("s3://mlflow-artifacts/nothing-here", "nothing stored"),
-])
+@pytest.mark.parametrize(
+    "uri, reason",
+    [
+        ("", "no model URI"),
+        ("/nonexistent/model", "no MLmodel file"),
+        ("s3://mlflow-artifacts/nothing-here", "nothing stored"),
+    ],
+)
 def test_bad_model_uri_gives_a_one_line_reason(uri, reason, moto_url):
     with pytest.raises(ModelLoadError, match=reason) as error:
         load_model(uri)

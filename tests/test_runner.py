@@ -30,7 +30,7 @@ import runner  # noqa: E402
 
 # A handler with a bug, as a user might deploy one: it names every ride over 10 miles in
 # batchItemFailures instead of predicting it.
-BUGGY_HANDLER = '''
+BUGGY_HANDLER = """
 import base64, json
 import lambda_function
 
@@ -40,7 +40,7 @@ def lambda_handler(event, context):
     response = lambda_function.lambda_handler({"Records": [r for r in event["Records"] if not is_long(r)]}, context)
     refused = [{"itemIdentifier": r["kinesis"]["sequenceNumber"]} for r in event["Records"] if is_long(r)]
     return {"batchItemFailures": response["batchItemFailures"] + refused}
-'''
+"""
 
 
 def unique(prefix: str) -> str:
@@ -70,16 +70,34 @@ def send(kinesis, stream: str, events: list[dict]) -> None:
 
 def run_runner(stream: str, checkpoint: Path, model_uri: str, predictions: str, *options: str, env: dict | None = None):
     """streaming/runner.py as a command, bounded in time, with quick back-offs."""
-    command = [sys.executable, str(STREAMING / "runner.py"), "--stream", stream, "--checkpoint", str(checkpoint),
-               "--idle-seconds", "0.5", "--max-seconds", "60", "--retry-backoff", "0.01",
-               "--error-retries", "2", "--error-backoff", "0.05", *options]
+    command = [
+        sys.executable,
+        str(STREAMING / "runner.py"),
+        "--stream",
+        stream,
+        "--checkpoint",
+        str(checkpoint),
+        "--idle-seconds",
+        "0.5",
+        "--max-seconds",
+        "60",
+        "--retry-backoff",
+        "0.01",
+        "--error-retries",
+        "2",
+        "--error-backoff",
+        "0.05",
+        *options,
+    ]
     env = {**os.environ, "MODEL_URI": model_uri, "PREDICTIONS_STREAM_NAME": predictions, **(env or {})}
     env.pop("DRY_RUN", None)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
 def predicted_ride_ids(kinesis, stream: str) -> Counter:
-    return Counter(json.loads(r["Data"])["prediction"]["ride_id"] for r in read_stream(kinesis, stream, idle_seconds=0.5))
+    return Counter(
+        json.loads(r["Data"])["prediction"]["ride_id"] for r in read_stream(kinesis, stream, idle_seconds=0.5)
+    )
 
 
 def lines_of(path: Path) -> list[dict]:
@@ -135,8 +153,12 @@ def test_an_output_stream_back_after_an_outage_gets_every_record_on_restart(kine
 
 POISON = [
     b"not JSON at all",
-    json.dumps({"ride": {"PULocationID": "130", "DOLocationID": 205, "trip_distance": 1.0}, "ride_id": "poison-1"}).encode(),
-    json.dumps({"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": -3.0}, "ride_id": "poison-2"}).encode(),
+    json.dumps(
+        {"ride": {"PULocationID": "130", "DOLocationID": 205, "trip_distance": 1.0}, "ride_id": "poison-1"}
+    ).encode(),
+    json.dumps(
+        {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": -3.0}, "ride_id": "poison-2"}
+    ).encode(),
     json.dumps({"ride_id": "poison-3"}).encode(),
 ]
 
@@ -155,7 +177,9 @@ def test_only_poison_reaches_the_failure_file_and_the_exit_code_says_so(kinesis,
     assert f"{len(POISON)} records failed every retry" in result.stdout
     failures = lines_of(checkpoint.with_suffix(".failures.jsonl"))
     assert sorted(base64.b64decode(f["data"]) for f in failures) == sorted(POISON)
-    assert {f["reason"] for f in failures} == {"named in batchItemFailures"} and {f["attempts"] for f in failures} == {3}
+    assert {f["reason"] for f in failures} == {"named in batchItemFailures"} and {f["attempts"] for f in failures} == {
+        3
+    }
     assert predicted_ride_ids(kinesis, out) == Counter(e["ride_id"] for e in rides[:200])
 
 
@@ -167,16 +191,30 @@ def test_a_failure_file_replays_and_its_records_are_then_processed(kinesis, ride
     assert 0 < len(long_rides) < len(rides)
     send(kinesis, stream, rides)
     checkpoint, failures = tmp_path / "checkpoint.json", tmp_path / "failures.jsonl"
-    buggy = run_runner(stream, checkpoint, registered_model["artifact_uri"], out, "--handler",
-                       "buggy_handler.lambda_handler", "--failures-file", str(failures), "--max-retries", "0",
-                       env={"PYTHONPATH": str(tmp_path / "handlers")})
+    buggy = run_runner(
+        stream,
+        checkpoint,
+        registered_model["artifact_uri"],
+        out,
+        "--handler",
+        "buggy_handler.lambda_handler",
+        "--failures-file",
+        str(failures),
+        "--max-retries",
+        "0",
+        env={"PYTHONPATH": str(tmp_path / "handlers")},
+    )
     assert buggy.returncode == runner.EXIT_RECORDS_FAILED, buggy.stderr[-3000:]
     filed = lines_of(failures)
     assert {json.loads(base64.b64decode(f["data"]))["ride_id"] for f in filed} == long_rides
     before = Counter((r["Data"], r["PartitionKey"]) for r in read_stream(kinesis, stream, idle_seconds=0.3))
 
-    replay = subprocess.run([sys.executable, str(STREAMING / "runner.py"), "replay", "--failures", str(failures),
-                             "--stream", stream], capture_output=True, text=True, timeout=60)
+    replay = subprocess.run(
+        [sys.executable, str(STREAMING / "runner.py"), "replay", "--failures", str(failures), "--stream", stream],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert replay.returncode == runner.EXIT_OK, replay.stderr
     assert replay.stdout.startswith(f"replayed {len(filed)} records")
     assert not failures.exists() and lines_of(failures.with_name("failures.jsonl.replayed")) == filed
@@ -193,24 +231,59 @@ def test_replay_to_a_missing_stream_keeps_the_failure_file(moto_url, tmp_path):
     failures = tmp_path / "failures.jsonl"
     failures.write_text(json.dumps({"partitionKey": "k", "data": base64.b64encode(b"ride").decode()}) + "\n")
     before = failures.read_bytes()
-    result = subprocess.run([sys.executable, str(STREAMING / "runner.py"), "replay", "--failures", str(failures),
-                             "--stream", unique("no-such-stream")], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(STREAMING / "runner.py"),
+            "replay",
+            "--failures",
+            str(failures),
+            "--stream",
+            unique("no-such-stream"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == runner.EXIT_STOPPED and "unchanged" in result.stderr
     assert failures.read_bytes() == before and not failures.with_name("failures.jsonl.replayed").exists()
 
     failures.write_text("not a failure record\n")
-    result = subprocess.run([sys.executable, str(STREAMING / "runner.py"), "replay", "--failures", str(failures),
-                             "--stream", "ride_events"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(STREAMING / "runner.py"),
+            "replay",
+            "--failures",
+            str(failures),
+            "--stream",
+            "ride_events",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == runner.EXIT_USAGE and "failures.jsonl:1" in result.stderr
 
 
-@pytest.mark.parametrize("script, options", [
-    ("producer.py", ["--year", "2021", "--month", "1", "-n", "5", "--synthetic", "fallback"]),
-    ("consumer.py", ["--idle-seconds", "0.3"]),
-])
+@pytest.mark.parametrize(
+    "script, options",
+    [
+        ("producer.py", ["--year", "2021", "--month", "1", "-n", "5", "--synthetic", "fallback"]),
+        ("consumer.py", ["--idle-seconds", "0.3"]),
+    ],
+)
 def test_producer_and_consumer_say_clearly_when_the_stream_is_missing(moto_url, script, options):
     missing = unique("no-such-stream")
-    result = subprocess.run([sys.executable, str(STREAMING / script), "--stream", missing, *options],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(STREAMING / script), "--stream", missing, *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: ") and missing in result.stderr and "ResourceNotFoundException" in result.stderr
+    assert (
+        result.stderr.startswith("error: ")
+        and missing in result.stderr
+        and "ResourceNotFoundException" in result.stderr
+    )

@@ -140,10 +140,13 @@ def test_bad_records_are_reported_and_the_good_ones_still_written(handler, make_
     out = make_stream()
     monkeypatch.setenv("PREDICTIONS_STREAM_NAME", out)
     datas = [ride_event(*GOOD_RIDES[0])] + list(BAD_DATA.values()) + [ride_event(*g) for g in GOOD_RIDES[1:]]
-    event = runner.lambda_event(fake_records(datas + [b"placeholder"]), "shardId-000000000000",
-                                "arn:aws:kinesis:us-east-1:123456789012:stream/ride_events")
+    event = runner.lambda_event(
+        fake_records(datas + [b"placeholder"]),
+        "shardId-000000000000",
+        "arn:aws:kinesis:us-east-1:123456789012:stream/ride_events",
+    )
     event["Records"][-1]["kinesis"]["data"] = "this is *not* base64!"
-    bad = [r["kinesis"]["sequenceNumber"] for r in event["Records"][1:len(BAD_DATA) + 1]] + [
+    bad = [r["kinesis"]["sequenceNumber"] for r in event["Records"][1 : len(BAD_DATA) + 1]] + [
         event["Records"][-1]["kinesis"]["sequenceNumber"]
     ]
 
@@ -157,7 +160,9 @@ def test_bad_records_are_reported_and_the_good_ones_still_written(handler, make_
 
 def test_each_bad_record_says_why(handler):
     for what, data in BAD_DATA.items():
-        record = runner.lambda_event(fake_records([data]), "shardId-0", "arn:aws:kinesis:us-east-1:1:stream/s")["Records"][0]
+        record = runner.lambda_event(fake_records([data]), "shardId-0", "arn:aws:kinesis:us-east-1:1:stream/s")[
+            "Records"
+        ][0]
         with pytest.raises(lambda_function.BadRecord) as caught:
             lambda_function.decode_record(record)
         assert str(caught.value), what
@@ -259,8 +264,11 @@ def test_predictions_the_stream_keeps_rejecting_fail_the_invocation_and_only_the
     rides = [({"PULocationID": 130, "DOLocationID": 205, "trip_distance": 1.0 + i}, f"ride-{i}") for i in range(5)]
     client = FlakyKinesis(refuse_matching=b'"ride-2"')
     handler.container["kinesis"] = client
-    event = runner.lambda_event(fake_records([ride_event(*r) for r in rides] + [b"poison"]), "shardId-0",
-                                "arn:aws:kinesis:us-east-1:123456789012:stream/in")
+    event = runner.lambda_event(
+        fake_records([ride_event(*r) for r in rides] + [b"poison"]),
+        "shardId-0",
+        "arn:aws:kinesis:us-east-1:123456789012:stream/in",
+    )
     monkeypatch.setattr(handler, "put_records", partial(put_records, sleep=lambda s: None))
 
     with pytest.raises(handler.PredictionsNotWritten, match="rejecting 1 of 5"):
@@ -293,8 +301,10 @@ class ScriptedHandler:
     def __call__(self, event, context):
         assert context.get_remaining_time_in_millis() > 0
         seqs = [r["kinesis"]["sequenceNumber"] for r in event["Records"]]
-        assert all(r["eventSource"] == "aws:kinesis" and r["eventID"].endswith(r["kinesis"]["sequenceNumber"])
-                   for r in event["Records"])
+        assert all(
+            r["eventSource"] == "aws:kinesis" and r["eventID"].endswith(r["kinesis"]["sequenceNumber"])
+            for r in event["Records"]
+        )
         self.batches.append(seqs)
         return self.answer(len(self.batches), seqs)
 
@@ -302,16 +312,24 @@ class ScriptedHandler:
 def put_numbered(stream: str, n: int, start: int = 0) -> list[str]:
     """Put records b"0".. on the stream; returns their sequence numbers in order."""
     kinesis = boto3.client("kinesis")
-    response = kinesis.put_records(StreamName=stream, Records=[
-        {"Data": str(i).encode(), "PartitionKey": "one-key"} for i in range(start, start + n)
-    ])
+    response = kinesis.put_records(
+        StreamName=stream,
+        Records=[{"Data": str(i).encode(), "PartitionKey": "one-key"} for i in range(start, start + n)],
+    )
     assert response["FailedRecordCount"] == 0
     return [r["SequenceNumber"] for r in response["Records"]]
 
 
 def quick_settings(stream: str, tmp_path: Path, **changes) -> runner.RunnerSettings:
-    defaults = dict(stream=stream, checkpoint=tmp_path / "checkpoint.json", batch_size=100, retry_backoff=0.0,
-                    error_backoff=0.0, max_seconds=30, idle_seconds=0.3)
+    defaults = dict(
+        stream=stream,
+        checkpoint=tmp_path / "checkpoint.json",
+        batch_size=100,
+        retry_backoff=0.0,
+        error_backoff=0.0,
+        max_seconds=30,
+        idle_seconds=0.3,
+    )
     return runner.RunnerSettings(**{**defaults, **changes})
 
 
@@ -322,8 +340,13 @@ def failures_in(path: Path) -> list[dict]:
 def test_runner_redelivers_from_the_lowest_failed_record(make_stream, tmp_path):
     stream = make_stream()
     seqs = put_numbered(stream, 10)
-    handler = ScriptedHandler(lambda call, batch: {"batchItemFailures": [
-        {"itemIdentifier": batch[6]}, {"itemIdentifier": batch[3]}]} if call == 1 else {"batchItemFailures": []})
+    handler = ScriptedHandler(
+        lambda call, batch: (
+            {"batchItemFailures": [{"itemIdentifier": batch[6]}, {"itemIdentifier": batch[3]}]}
+            if call == 1
+            else {"batchItemFailures": []}
+        )
+    )
     settings = quick_settings(stream, tmp_path)
 
     report = runner.run(handler, settings, log=lambda line: None)
@@ -337,8 +360,9 @@ def test_runner_redelivers_from_the_lowest_failed_record(make_stream, tmp_path):
 def test_runner_sends_what_keeps_failing_to_the_failure_file_and_moves_on(make_stream, tmp_path):
     stream = make_stream()
     seqs = put_numbered(stream, 10)
-    handler = ScriptedHandler(lambda call, batch: {"batchItemFailures": [{"itemIdentifier": seqs[5]}]}
-                              if seqs[5] in batch else None)
+    handler = ScriptedHandler(
+        lambda call, batch: {"batchItemFailures": [{"itemIdentifier": seqs[5]}]} if seqs[5] in batch else None
+    )
     settings = quick_settings(stream, tmp_path, max_retries=2, failures_file=tmp_path / "failed.jsonl")
 
     report = runner.run(handler, settings, log=lambda line: None)
@@ -402,8 +426,11 @@ def test_runner_can_send_failures_to_a_stream(make_stream, tmp_path):
     stream, failure_stream = make_stream(), make_stream()
     seqs = put_numbered(stream, 3)
     poison_first = ScriptedHandler(lambda call, batch: {"batchItemFailures": [{"itemIdentifier": seqs[0]}]})
-    runner.run(poison_first, quick_settings(stream, tmp_path, max_retries=0, failure_stream=failure_stream),
-               log=lambda line: None)
+    runner.run(
+        poison_first,
+        quick_settings(stream, tmp_path, max_retries=0, failure_stream=failure_stream),
+        log=lambda line: None,
+    )
     [failure] = [json.loads(r["Data"]) for r in read_stream(boto3.client("kinesis"), failure_stream, idle_seconds=0.3)]
     assert (failure["sequenceNumber"], base64.b64decode(failure["data"]), failure["attempts"]) == (seqs[0], b"0", 1)
     assert not (tmp_path / "checkpoint.failures.jsonl").exists()
@@ -420,8 +447,11 @@ def test_runner_starting_at_latest_skips_what_is_already_there(make_stream, tmp_
 def test_runner_stops_after_max_batches(make_stream, tmp_path):
     stream = make_stream()
     put_numbered(stream, 30)
-    report = runner.run(ScriptedHandler(lambda c, b: None), quick_settings(stream, tmp_path, batch_size=10, max_batches=2),
-                        log=lambda line: None)
+    report = runner.run(
+        ScriptedHandler(lambda c, b: None),
+        quick_settings(stream, tmp_path, batch_size=10, max_batches=2),
+        log=lambda line: None,
+    )
     assert (report.invocations, report.records) == (2, 20) and "max batches" in report.stopped
 
 
@@ -431,9 +461,15 @@ POISON_KINDS = [
     lambda i: f"not json #{i}".encode(),
     lambda i: b'{"ride": "\xff", "ride_id": ' + str(i).encode() + b"}",
     lambda i: json.dumps({"ride": {"PULocationID": 130, "DOLocationID": 205}, "ride_id": f"poison-{i}"}).encode(),
-    lambda i: json.dumps({"ride": {"PULocationID": "130", "DOLocationID": 205, "trip_distance": 1.0}, "ride_id": f"poison-{i}"}).encode(),
-    lambda i: json.dumps({"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": -1.0}, "ride_id": f"poison-{i}"}).encode(),
-    lambda i: json.dumps({"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 1.0}, "poison": i}).encode(),
+    lambda i: json.dumps(
+        {"ride": {"PULocationID": "130", "DOLocationID": 205, "trip_distance": 1.0}, "ride_id": f"poison-{i}"}
+    ).encode(),
+    lambda i: json.dumps(
+        {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": -1.0}, "ride_id": f"poison-{i}"}
+    ).encode(),
+    lambda i: json.dumps(
+        {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 1.0}, "poison": i}
+    ).encode(),
 ]
 
 
@@ -474,12 +510,14 @@ def check_predictions(predictions: list[dict], expected: dict, model_id: str) ->
     return counts
 
 
-def test_ten_thousand_rides_exactly_once_when_nothing_crashes(handler, ten_thousand_rides, make_stream, monkeypatch,
-                                                              registered_model, tmp_path):
+def test_ten_thousand_rides_exactly_once_when_nothing_crashes(
+    handler, ten_thousand_rides, make_stream, monkeypatch, registered_model, tmp_path
+):
     out = make_stream()
     monkeypatch.setenv("PREDICTIONS_STREAM_NAME", out)
-    settings = quick_settings(ten_thousand_rides["stream"], tmp_path, max_retries=1, retry_backoff=0.01,
-                              max_seconds=240, idle_seconds=1)
+    settings = quick_settings(
+        ten_thousand_rides["stream"], tmp_path, max_retries=1, retry_backoff=0.01, max_seconds=240, idle_seconds=1
+    )
 
     report = runner.run(handler.lambda_handler, settings, log=lambda line: None)
 
@@ -492,7 +530,9 @@ def test_ten_thousand_rides_exactly_once_when_nothing_crashes(handler, ten_thous
     assert report.records == 10_000 and report.failed == 100
 
 
-def test_ten_thousand_rides_survive_killing_the_runner(ten_thousand_rides, make_stream, registered_model, tmp_path, logs_dir):
+def test_ten_thousand_rides_survive_killing_the_runner(
+    ten_thousand_rides, make_stream, registered_model, tmp_path, logs_dir
+):
     """The runner as a command, killed (SIGKILL) in the middle of a batch, then restarted: no ride
     lost, and the rides delivered twice are counted by ride_id.
 
@@ -501,16 +541,35 @@ def test_ten_thousand_rides_survive_killing_the_runner(ten_thousand_rides, make_
     out = make_stream()
     checkpoint = tmp_path / "checkpoint.json"
     batch_size = 100
-    command = [sys.executable, str(STREAMING / "runner.py"), "--stream", ten_thousand_rides["stream"],
-               "--checkpoint", str(checkpoint), "--batch-size", str(batch_size), "--max-retries", "1",
-               "--idle-seconds", "1", "--max-seconds", "240"]
+    command = [
+        sys.executable,
+        str(STREAMING / "runner.py"),
+        "--stream",
+        ten_thousand_rides["stream"],
+        "--checkpoint",
+        str(checkpoint),
+        "--batch-size",
+        str(batch_size),
+        "--max-retries",
+        "1",
+        "--idle-seconds",
+        "1",
+        "--max-seconds",
+        "240",
+    ]
     env = {**os.environ, "MODEL_URI": registered_model["artifact_uri"], "PREDICTIONS_STREAM_NAME": out}
     env.pop("DRY_RUN", None)
     log = logs_dir / f"runner-killed-{out}.log"
 
     with open(log, "w") as stderr:
-        first = subprocess.Popen(command + ["--retry-backoff", "2"], env=env, stdout=subprocess.PIPE, stderr=stderr,
-                                 text=True, start_new_session=True)
+        first = subprocess.Popen(
+            command + ["--retry-backoff", "2"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in first.stdout], daemon=True).start()
     checkpoints, deadline = 0, time.monotonic() + 120
@@ -553,14 +612,21 @@ def test_ten_thousand_rides_survive_killing_the_runner(ten_thousand_rides, make_
 
 @pytest.mark.parametrize("script", ["runner.py", "producer.py", "consumer.py", "deploy.py"])
 def test_commands_explain_themselves(script):
-    out = subprocess.run([sys.executable, str(STREAMING / script), "--help"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(STREAMING / script), "--help"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and out.stdout.startswith("usage:"), out.stderr
 
 
 def test_the_handler_runs_on_an_event_file_from_the_command_line(registered_model):
     env = {**os.environ, "MODEL_URI": registered_model["artifact_uri"], "DRY_RUN": "1"}
-    out = subprocess.run([sys.executable, str(STREAMING / "lambda_function.py"), str(SAMPLE_EVENT)], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(STREAMING / "lambda_function.py"), str(SAMPLE_EVENT)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     response = json.loads(out.stdout)
     assert response["batchItemFailures"] == [] and response["predictions"][0]["prediction"]["ride_id"] == 256
@@ -573,19 +639,36 @@ def test_the_local_loop_of_the_readme_with_the_commands(moto_url, registered_mod
     env.pop("DRY_RUN", None)
 
     def command(script, *args):
-        result = subprocess.run([sys.executable, str(STREAMING / script), *args], env=env, capture_output=True,
-                                text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, str(STREAMING / script), *args], env=env, capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout
 
-    arns = json.loads(command("deploy.py", "--streams-only", "--shards", "2", "--input-stream", rides_in,
-                              "--output-stream", out))
+    arns = json.loads(
+        command("deploy.py", "--streams-only", "--shards", "2", "--input-stream", rides_in, "--output-stream", out)
+    )
     assert set(arns) == {rides_in, out}
-    sent = command("producer.py", "--stream", rides_in, "--year", "2021", "--month", "1", "-n", "25",
-                   "--start-row", "100", "--synthetic", "fallback")
+    sent = command(
+        "producer.py",
+        "--stream",
+        rides_in,
+        "--year",
+        "2021",
+        "--month",
+        "1",
+        "-n",
+        "25",
+        "--start-row",
+        "100",
+        "--synthetic",
+        "fallback",
+    )
     assert sent.startswith("sent 25 rides")
     command("runner.py", "--stream", rides_in, "--checkpoint", str(tmp_path / "cp.json"), "--idle-seconds", "0.5")
-    printed = [json.loads(line) for line in command("consumer.py", "--stream", out, "--idle-seconds", "0.5").splitlines()]
+    printed = [
+        json.loads(line) for line in command("consumer.py", "--stream", out, "--idle-seconds", "0.5").splitlines()
+    ]
     assert sorted(p["prediction"]["ride_id"] for p in printed) == sorted(f"2021/01_{i}" for i in range(100, 125))
 
 
@@ -596,8 +679,13 @@ def test_deploy_script_against_moto(moto_url):
     name = unique("ride-duration-stream")
     image = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{name}:v1"
     settings = deploy.DeploySettings(
-        image_uri=image, model_uri="s3://mlflow-artifacts/1/models/m-0123/artifacts", function_name=name,
-        input_stream=f"{name}-in", output_stream=f"{name}-out", role_name=f"{name}-role", max_retries=3,
+        image_uri=image,
+        model_uri="s3://mlflow-artifacts/1/models/m-0123/artifacts",
+        function_name=name,
+        input_stream=f"{name}-in",
+        output_stream=f"{name}-out",
+        role_name=f"{name}-role",
+        max_retries=3,
     )
     made = deploy.deploy(settings)
 
@@ -606,22 +694,44 @@ def test_deploy_script_against_moto(moto_url):
     assert function["Configuration"]["PackageType"] == "Image" and function["Code"]["ImageUri"] == image
     assert function["Configuration"]["Role"] == made["role"]
     assert function["Configuration"]["Environment"]["Variables"] == {
-        "MODEL_URI": settings.model_uri, "PREDICTIONS_STREAM_NAME": f"{name}-out"}
+        "MODEL_URI": settings.model_uri,
+        "PREDICTIONS_STREAM_NAME": f"{name}-out",
+    }
     [mapping] = lambda_client.list_event_source_mappings(FunctionName=name)["EventSourceMappings"]
     assert mapping["EventSourceArn"] == made["input_stream"] and mapping["UUID"] == made["event_source_mapping"]
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"] and mapping["MaximumRetryAttempts"] == 3
     role = iam.get_role(RoleName=f"{name}-role")["Role"]
     assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "lambda.amazonaws.com"}
     policy = iam.get_role_policy(RoleName=f"{name}-role", PolicyName=deploy.ROLE_POLICY_NAME)["PolicyDocument"]
-    granted = {(a, s["Resource"]) for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    granted = {
+        (a, s["Resource"])
+        for s in policy["Statement"]
+        for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    }
     assert ("kinesis:GetRecords", made["input_stream"]) in granted
     assert ("kinesis:PutRecords", made["output_stream"]) in granted
     assert ("s3:GetObject", "arn:aws:s3:::mlflow-artifacts/1/models/m-0123/artifacts/*") in granted
 
     # Running it again with a new image updates the function and keeps the one mapping.
-    assert deploy.main(["--image-uri", image.replace(":v1", ":v2"), "--model-uri", settings.model_uri,
-                        "--function-name", name, "--input-stream", f"{name}-in", "--output-stream", f"{name}-out",
-                        "--role-name", f"{name}-role"]) == 0
+    assert (
+        deploy.main(
+            [
+                "--image-uri",
+                image.replace(":v1", ":v2"),
+                "--model-uri",
+                settings.model_uri,
+                "--function-name",
+                name,
+                "--input-stream",
+                f"{name}-in",
+                "--output-stream",
+                f"{name}-out",
+                "--role-name",
+                f"{name}-role",
+            ]
+        )
+        == 0
+    )
     assert lambda_client.get_function(FunctionName=name)["Code"]["ImageUri"].endswith(":v2")
     assert len(lambda_client.list_event_source_mappings(FunctionName=name)["EventSourceMappings"]) == 1
 
@@ -648,7 +758,10 @@ def without_header(text: str) -> list[str]:
 def test_lambda_requirements_match_the_lock():
     fresh = subprocess.run(
         [uv_or_fail(), "export", "--only-group", "lambda", "--no-hashes", "--no-emit-project", "--frozen"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert fresh.returncode == 0, fresh.stderr
     committed = (STREAMING / "requirements.txt").read_text()
@@ -671,7 +784,10 @@ def test_lambda_image_serves_the_sample_event_with_only_its_own_packages(lambda_
     """The task root as the Dockerfile's COPY lines make it, the packages of the lambda group only (no
     pandas, no mlflow server, no project install), the handler its CMD names: the sample event's
     prediction lands on the stream, and no `import mlflow` was needed for an artifact URI."""
-    assert image.dockerfile_parts()["base"] == f"public.ecr.aws/lambda/python:{sys.version_info.major}.{sys.version_info.minor}"
+    assert (
+        image.dockerfile_parts()["base"]
+        == f"public.ecr.aws/lambda/python:{sys.version_info.major}.{sys.version_info.minor}"
+    )
     out = make_stream()
     module, function = lambda_image.handler.rsplit(".", 1)
     probe = f"""
@@ -685,8 +801,14 @@ print(json.dumps({{"response": response, "package": ride_duration.__file__, "mlf
 """
     env = {**os.environ, "MODEL_URI": registered_model["artifact_uri"], "PREDICTIONS_STREAM_NAME": out}
     env.pop("DRY_RUN", None)
-    result = subprocess.run([str(lambda_image.python), "-c", probe], cwd=lambda_image.task_root, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(lambda_image.python), "-c", probe],
+        cwd=lambda_image.task_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["response"] == {"batchItemFailures": []}
@@ -707,9 +829,12 @@ def test_notebook_04_runs_the_whole_loop(registered_model, tmp_path):
     output = tmp_path / "04-streaming.ipynb"
     with tracking_store(registered_model["tracking_uri"]):  # the kernel resolves the alias there
         papermill.execute_notebook(
-            str(ROOT / "notebooks" / "04-streaming.ipynb"), str(output),
+            str(ROOT / "notebooks" / "04-streaming.ipynb"),
+            str(output),
             parameters={"model_uri": registered_model["uri"], "n_rides": 300, "batch_size": 50},
-            cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3",
+            cwd=str(ROOT / "notebooks"),
+            progress_bar=False,
+            kernel_name="python3",
         )
     text = output.read_text()
     assert "300 predictions for 300 rides" in text

@@ -39,9 +39,13 @@ def service(registered_model, logs_dir, metrics_dir):
     listens: serving must not need the tracking server."""
     dead_tracking = f"http://{local_stack.HOST}:{local_stack.free_port()}"
     process, url, log = start_service(
-        logs_dir, "predict",
-        {"MODEL_URI": registered_model["artifact_uri"], "MLFLOW_TRACKING_URI": dead_tracking,
-         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        logs_dir,
+        "predict",
+        {
+            "MODEL_URI": registered_model["artifact_uri"],
+            "MLFLOW_TRACKING_URI": dead_tracking,
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        },
     )
     yield url
     local_stack.stop(process)
@@ -52,8 +56,13 @@ def service(registered_model, logs_dir, metrics_dir):
 def keyed_service(registered_model, logs_dir):
     """Served through the registry alias (models:/ride-duration@production), with an API key."""
     process, url, log = start_service(
-        logs_dir, "predict-keyed",
-        {"MODEL_URI": registered_model["uri"], "MLFLOW_TRACKING_URI": registered_model["tracking_uri"], "API_KEY": API_KEY},
+        logs_dir,
+        "predict-keyed",
+        {
+            "MODEL_URI": registered_model["uri"],
+            "MLFLOW_TRACKING_URI": registered_model["tracking_uri"],
+            "API_KEY": API_KEY,
+        },
     )
     yield url
     local_stack.stop(process)
@@ -83,6 +92,7 @@ def expected(registered_model, rides) -> np.ndarray:
 
 # --- answers -------------------------------------------------------------------------------------
 
+
 def test_course_example_ride(service, registered_model):
     response = requests.post(f"{service}/predict", json=EXAMPLE_RIDE, timeout=10)
     assert response.status_code == 200, response.text
@@ -95,7 +105,9 @@ def test_course_example_ride(service, registered_model):
 def test_chunked_body_is_answered(service, registered_model):
     """A body without Content-Length (Transfer-Encoding: chunked) is read whole, not cut short."""
     chunks = iter([b'{"PULocationID": 10, ', b'"DOLocationID": 50, "trip_distance": 40}'])
-    response = requests.post(f"{service}/predict", data=chunks, headers={"Content-Type": "application/json"}, timeout=10)
+    response = requests.post(
+        f"{service}/predict", data=chunks, headers={"Content-Type": "application/json"}, timeout=10
+    )
     assert response.status_code == 200, response.text
     assert response.json()["duration"] == pytest.approx(expected(registered_model, [EXAMPLE_RIDE])[0], abs=1e-9)
 
@@ -164,7 +176,11 @@ def test_metrics_add_up_over_every_worker(service, registered_model, metrics_dir
     latency = ("ride_duration_request_seconds_count", frozenset({("endpoint", "predict")}))
     before = scrape(service)
     with ThreadPoolExecutor(8) as pool:  # concurrent new connections, so that both workers get some
-        statuses = list(pool.map(lambda _: requests.post(f"{service}/predict", json=EXAMPLE_RIDE, timeout=10).status_code, range(40)))
+        statuses = list(
+            pool.map(
+                lambda _: requests.post(f"{service}/predict", json=EXAMPLE_RIDE, timeout=10).status_code, range(40)
+            )
+        )
     assert statuses == [200] * 40
     assert len(list(metrics_dir.glob("counter_*.db"))) >= 2, "only one worker served: the test proves nothing"
     for _ in range(3):
@@ -175,7 +191,11 @@ def test_metrics_add_up_over_every_worker(service, registered_model, metrics_dir
     assert after[predict_422] - before.get(predict_422, 0) == 3
     assert after[predicted] - before.get(predicted, 0) == 45
     assert after[latency] - before.get(latency, 0) == 44
-    info = {dict(labels)["model_version"]: value for (name, labels), value in after.items() if name == "ride_duration_model_info"}
+    info = {
+        dict(labels)["model_version"]: value
+        for (name, labels), value in after.items()
+        if name == "ride_duration_model_info"
+    }
     assert info == {registered_model["model_id"]: 1.0}
 
 
@@ -183,10 +203,26 @@ def test_metrics_add_up_over_every_worker(service, registered_model, metrics_dir
 
 BAD_REQUESTS = {
     "not JSON": ({"data": b"{oops", "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),
-    "invalid UTF-8": ({"data": b'{"PULocationID": "\xff"}', "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),
-    "nested too deep": ({"data": b"[" * 100_000, "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),
-    "a 5000-digit number": ({"data": b'{"PULocationID": ' + b"9" * 5000 + b"}", "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),
-    "wrong content type": ({"data": json.dumps(EXAMPLE_RIDE), "headers": {"Content-Type": "text/plain"}}, 415, "Content-Type"),
+    "invalid UTF-8": (
+        {"data": b'{"PULocationID": "\xff"}', "headers": {"Content-Type": "application/json"}},
+        400,
+        "not valid JSON",
+    ),
+    "nested too deep": (
+        {"data": b"[" * 100_000, "headers": {"Content-Type": "application/json"}},
+        400,
+        "not valid JSON",
+    ),
+    "a 5000-digit number": (
+        {"data": b'{"PULocationID": ' + b"9" * 5000 + b"}", "headers": {"Content-Type": "application/json"}},
+        400,
+        "not valid JSON",
+    ),
+    "wrong content type": (
+        {"data": json.dumps(EXAMPLE_RIDE), "headers": {"Content-Type": "text/plain"}},
+        415,
+        "Content-Type",
+    ),
     "no content type": ({"data": json.dumps(EXAMPLE_RIDE).encode()}, 415, "Content-Type"),
     "missing field": ({"json": {"PULocationID": 10, "DOLocationID": 50}}, 422, "missing field(s): trip_distance"),
     "extra field": ({"json": {**EXAMPLE_RIDE, "tip": 3}}, 422, "unknown field(s): tip"),
@@ -196,15 +232,30 @@ BAD_REQUESTS = {
     "zone out of range": ({"json": {**EXAMPLE_RIDE, "PULocationID": 0}}, 422, "between 1 and"),
     "negative distance": ({"json": {**EXAMPLE_RIDE, "trip_distance": -3}}, 422, "trip_distance must be between"),
     "absurd distance": ({"json": {**EXAMPLE_RIDE, "trip_distance": 1e6}}, 422, "trip_distance must be between"),
-    "NaN distance": ({"data": b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": NaN}', "headers": {"Content-Type": "application/json"}}, 422, "trip_distance"),
+    "NaN distance": (
+        {
+            "data": b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": NaN}',
+            "headers": {"Content-Type": "application/json"},
+        },
+        422,
+        "trip_distance",
+    ),
     "string distance": ({"json": {**EXAMPLE_RIDE, "trip_distance": "40"}}, 422, "trip_distance must be a number"),
     "a JSON string": ({"json": "ride"}, 422, "not a string"),
     "null": ({"data": b"null", "headers": {"Content-Type": "application/json"}}, 422, "not null"),
     "empty list": ({"json": []}, 422, "empty"),
     "a bad ride in a list": ({"json": [EXAMPLE_RIDE, {**EXAMPLE_RIDE, "trip_distance": None}]}, 422, "ride 1:"),
     "too many rides": ({"json": [EXAMPLE_RIDE] * 1001}, 413, "the limit is 1000"),
-    "oversized chunked body": ({"data": iter([b"[" + b" " * 300_000 + b"]"]), "headers": {"Content-Type": "application/json"}}, 413, "larger than the limit"),
-    "oversized body": ({"data": b" " * 300_000 + json.dumps(EXAMPLE_RIDE).encode(), "headers": {"Content-Type": "application/json"}}, 413, "larger than the limit of 262144 bytes"),
+    "oversized chunked body": (
+        {"data": iter([b"[" + b" " * 300_000 + b"]"]), "headers": {"Content-Type": "application/json"}},
+        413,
+        "larger than the limit",
+    ),
+    "oversized body": (
+        {"data": b" " * 300_000 + json.dumps(EXAMPLE_RIDE).encode(), "headers": {"Content-Type": "application/json"}},
+        413,
+        "larger than the limit of 262144 bytes",
+    ),
 }
 
 
@@ -260,8 +311,13 @@ def test_alias_uri_and_api_key(keyed_service, registered_model):
     ids=["missing artifact", "unknown registered model", "bad setting"],
 )
 def test_bad_configuration_stops_start_up_with_one_line(registered_model, env, reason):
-    env = {**os.environ, "MODEL_URI": registered_model["artifact_uri"], "BIND": f"{local_stack.HOST}:{local_stack.free_port()}",
-           "MLFLOW_TRACKING_URI": registered_model["tracking_uri"], **env}
+    env = {
+        **os.environ,
+        "MODEL_URI": registered_model["artifact_uri"],
+        "BIND": f"{local_stack.HOST}:{local_stack.free_port()}",
+        "MLFLOW_TRACKING_URI": registered_model["tracking_uri"],
+        **env,
+    }
     run = subprocess.run(PREDICT_COMMAND, env=env, capture_output=True, text=True, timeout=120, start_new_session=True)
     lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
     assert run.returncode != 0
@@ -270,6 +326,7 @@ def test_bad_configuration_stops_start_up_with_one_line(registered_model, env, r
 
 
 # --- the single-ride fast path -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("regressor", ["LinearRegression", "Ridge", "DecisionTreeRegressor"])
 def test_single_ride_fast_path_equals_pipeline(training_months, validation_rides, regressor):
@@ -297,6 +354,7 @@ def test_single_ride_fast_path_equals_pipeline(training_months, validation_rides
 
 # --- packaging: requirements, the container's install and start -----------------------------------
 
+
 def without_header(text: str) -> list[str]:
     """requirements.txt minus uv's header comment (which names the output file)."""
     lines = text.splitlines()
@@ -308,8 +366,21 @@ def without_header(text: str) -> list[str]:
 def test_requirements_are_in_sync_with_the_lock(tmp_path):
     fresh = tmp_path / "requirements.txt"
     subprocess.run(
-        [local_stack.uv_binary(), "export", "--frozen", "--only-group", "web", "--no-hashes", "--no-emit-project", "-o", str(fresh)],
-        cwd=ROOT, check=True, capture_output=True, timeout=120,
+        [
+            local_stack.uv_binary(),
+            "export",
+            "--frozen",
+            "--only-group",
+            "web",
+            "--no-hashes",
+            "--no-emit-project",
+            "-o",
+            str(fresh),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     assert without_header((WEB / "requirements.txt").read_text()) == without_header(fresh.read_text()), (
         "web-service/requirements.txt is stale; regenerate it (see web-service/README.md)"
@@ -351,8 +422,18 @@ def replay_dockerfile(app_root: Path, venv: Path) -> tuple[Path, dict, list[str]
         elif instruction == "RUN" and arguments.startswith("pip install"):
             assert arguments == "pip install -r requirements.txt"
             subprocess.run(
-                [local_stack.uv_binary(), "pip", "install", "--python", str(venv / "bin" / "python"), "-r", str(workdir / "requirements.txt")],
-                check=True, capture_output=True, timeout=600,
+                [
+                    local_stack.uv_binary(),
+                    "pip",
+                    "install",
+                    "--python",
+                    str(venv / "bin" / "python"),
+                    "-r",
+                    str(workdir / "requirements.txt"),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=600,
             )
         elif instruction == "RUN":
             assert arguments.startswith("useradd "), f"a RUN step this test does not replay: {arguments}"
@@ -367,12 +448,22 @@ def test_fresh_venv_from_requirements_runs_the_dockerfile_cmd(tmp_path, register
     """The container's install and start, without Docker: a venv holding requirements.txt and
     nothing else, the Dockerfile's COPY layout, its CMD verbatim, and an answer to the example ride."""
     venv = tmp_path / "venv"
-    subprocess.run([local_stack.uv_binary(), "venv", "--python", sys.executable, str(venv)], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [local_stack.uv_binary(), "venv", "--python", sys.executable, str(venv)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     workdir, image_env, command = replay_dockerfile(tmp_path / "image", venv)
     lean = subprocess.run(
-        [str(venv / "bin" / "python"), "-c",
-         "import importlib.util as u; print([m for m in ('pandas', 'moto', 'jupyterlab', 'ipykernel', 'papermill') if u.find_spec(m)])"],
-        capture_output=True, text=True, check=True,
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import importlib.util as u; print([m for m in ('pandas', 'moto', 'jupyterlab', 'ipykernel', 'papermill') if u.find_spec(m)])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert lean.stdout.strip() == "[]", f"the image would carry {lean.stdout}"
     port = local_stack.free_port()
@@ -385,7 +476,9 @@ def test_fresh_venv_from_requirements_runs_the_dockerfile_cmd(tmp_path, register
         "MODEL_URI": registered_model["artifact_uri"],
         "BIND": f"{local_stack.HOST}:{port}",
     }
-    process = local_stack.start(command, logs_dir / f"image-{port}.log", f"{url}/health", env=env, timeout=90, cwd=workdir)
+    process = local_stack.start(
+        command, logs_dir / f"image-{port}.log", f"{url}/health", env=env, timeout=90, cwd=workdir
+    )
     try:
         answer = requests.post(f"{url}/predict", json=EXAMPLE_RIDE, timeout=10).json()
         assert answer["duration"] == pytest.approx(expected(registered_model, [EXAMPLE_RIDE])[0], abs=1e-9)
@@ -396,6 +489,7 @@ def test_fresh_venv_from_requirements_runs_the_dockerfile_cmd(tmp_path, register
 
 # --- notebook 03 ---------------------------------------------------------------------------------
 
+
 def test_notebook_03_runs_under_papermill(tmp_path, registered_model):
     import papermill
 
@@ -403,14 +497,19 @@ def test_notebook_03_runs_under_papermill(tmp_path, registered_model):
 
     output = tmp_path / "03-web-service.ipynb"
     papermill.execute_notebook(
-        str(ROOT / "notebooks" / "03-web-service.ipynb"), str(output),
-        parameters={"model_uri": registered_model["artifact_uri"]}, cwd=str(ROOT / "notebooks"),
-        progress_bar=False, kernel_name="python3",
+        str(ROOT / "notebooks" / "03-web-service.ipynb"),
+        str(output),
+        parameters={"model_uri": registered_model["artifact_uri"]},
+        cwd=str(ROOT / "notebooks"),
+        progress_bar=False,
+        kernel_name="python3",
     )
     printed = "".join(
         "".join(out.get("text", ""))
-        for cell in json.loads(output.read_text())["cells"] if cell["cell_type"] == "code"
-        for out in cell.get("outputs", []) if out.get("output_type") == "stream"
+        for cell in json.loads(output.read_text())["cells"]
+        if cell["cell_type"] == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "stream"
     )
     example = re.search(r"example ride: \{'duration': ([0-9.e+-]+)", printed)
     assert example, printed[:2000]

@@ -23,8 +23,12 @@ MAX_BODY_BYTES = 4096
 VALID_RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40.0}
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=-(10**30), max_value=10**30),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
 )
 json_values = st.recursive(
     json_scalars,
@@ -32,12 +36,26 @@ json_values = st.recursive(
     max_leaves=12,
 )
 bad_location = st.one_of(
-    st.integers(max_value=0), st.integers(min_value=MAX_LOCATION_ID + 1), st.booleans(), st.none(),
-    st.floats(), st.text(max_size=5), st.just("10"), st.just(10.0), st.lists(st.integers(), max_size=2),
+    st.integers(max_value=0),
+    st.integers(min_value=MAX_LOCATION_ID + 1),
+    st.booleans(),
+    st.none(),
+    st.floats(),
+    st.text(max_size=5),
+    st.just("10"),
+    st.just(10.0),
+    st.lists(st.integers(), max_size=2),
 )
 bad_distance = st.one_of(
-    st.floats(max_value=-1e-9), st.floats(min_value=MAX_TRIP_DISTANCE, exclude_min=True), st.just(math.nan),
-    st.just(math.inf), st.booleans(), st.none(), st.text(max_size=5), st.just("40"), st.dictionaries(st.text(max_size=3), st.integers(), max_size=1),
+    st.floats(max_value=-1e-9),
+    st.floats(min_value=MAX_TRIP_DISTANCE, exclude_min=True),
+    st.just(math.nan),
+    st.just(math.inf),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=5),
+    st.just("40"),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=1),
 )
 
 
@@ -83,10 +101,14 @@ malformed_requests = st.one_of(
     st.tuples(st.just(JSON), json_values.map(as_json)),
     st.tuples(st.just(JSON), broken_rides().map(as_json)),
     st.tuples(st.just(JSON), st.lists(st.just(VALID_RIDE) | broken_rides(), min_size=1, max_size=5).map(as_json)),
-    st.tuples(st.just(JSON), st.lists(st.just(VALID_RIDE), min_size=MAX_RIDES + 1, max_size=MAX_RIDES + 5).map(as_json)),
+    st.tuples(
+        st.just(JSON), st.lists(st.just(VALID_RIDE), min_size=MAX_RIDES + 1, max_size=MAX_RIDES + 5).map(as_json)
+    ),
     st.tuples(st.just(JSON), st.sampled_from([as_json(VALID_RIDE) + b" " * MAX_BODY_BYTES, b"[" * 3000])),
     st.tuples(
-        st.sampled_from(["text/plain", "application/x-www-form-urlencoded", "", "multipart/form-data", "application/jsonl"]),
+        st.sampled_from(
+            ["text/plain", "application/x-www-form-urlencoded", "", "multipart/form-data", "application/jsonl"]
+        ),
         st.just(as_json(VALID_RIDE)),
     ),
 ).filter(lambda case: case[0] != JSON or not is_valid_body(case[1]))
@@ -96,8 +118,13 @@ malformed_requests = st.one_of(
 def small_service(registered_model, logs_dir):
     """Limits made small, so that oversized bodies and lists are generated often."""
     process, url, log = start_service(
-        logs_dir, "predict-fuzz",
-        {"MODEL_URI": registered_model["artifact_uri"], "MAX_RIDES": str(MAX_RIDES), "MAX_BODY_BYTES": str(MAX_BODY_BYTES)},
+        logs_dir,
+        "predict-fuzz",
+        {
+            "MODEL_URI": registered_model["artifact_uri"],
+            "MAX_RIDES": str(MAX_RIDES),
+            "MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        },
     )
     yield url
     local_stack.stop(process)
@@ -110,14 +137,22 @@ def test_malformed_bodies_never_get_a_5xx(small_service):
         # A keep-alive connection the server closes as idle (gunicorn's keepalive, on a busy machine)
         # can race with the next request; send that request again once, on a new connection. A body
         # that made the server drop the connection would be dropped again and still fail the test.
-        session.mount("http://", HTTPAdapter(max_retries=Retry(total=1, connect=1, read=1, status=0, allowed_methods=None)))
+        session.mount(
+            "http://", HTTPAdapter(max_retries=Retry(total=1, connect=1, read=1, status=0, allowed_methods=None))
+        )
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+        )
         @given(case=malformed_requests)
         def check(case):
             content_type, body = case
-            response = session.post(f"{small_service}/predict", data=body, headers={"Content-Type": content_type}, timeout=10)
+            response = session.post(
+                f"{small_service}/predict", data=body, headers={"Content-Type": content_type}, timeout=10
+            )
             sent.append(response.status_code)
             assert 400 <= response.status_code < 500, (response.status_code, body[:200], response.text[:300])
             assert response.json()["message"]

@@ -3,6 +3,8 @@
     python web-service/client.py                                  # http://127.0.0.1:9696/predict
     python web-service/client.py http://my-host:9696/predict
     API_KEY=secret python web-service/client.py                   # when the service wants a key
+
+It exits 1 when the service cannot be reached or answers with an error status.
 """
 
 from __future__ import annotations

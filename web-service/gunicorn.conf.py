@@ -67,5 +67,7 @@ def pre_request(worker, req):
     over 64 KiB, or chunked), so that a client never sends its next request down a dead connection."""
     headers = dict(req.headers)
     length = headers.get("CONTENT-LENGTH", "0")
-    if "chunked" in headers.get("TRANSFER-ENCODING", "").lower() or (length.isdigit() and int(length) > UNREAD_BODY_DRAIN_BYTES):
+    if "chunked" in headers.get("TRANSFER-ENCODING", "").lower() or (
+        length.isdigit() and int(length) > UNREAD_BODY_DRAIN_BYTES
+    ):
         req.must_close = True

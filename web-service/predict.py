@@ -46,8 +46,15 @@ def settings_from_env(environ=os.environ) -> dict:
     return settings
 
 
-JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
-              bool: "a boolean", type(None): "null"}
+JSON_TYPES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 def parse_rides(body: bytes, max_rides: int) -> tuple[list[dict], bool]:
@@ -78,16 +85,21 @@ def parse_rides(body: bytes, max_rides: int) -> tuple[list[dict], bool]:
 
 REQUESTS = Counter("ride_duration_requests", "HTTP requests by endpoint and status", ["endpoint", "status"])
 LATENCY = Histogram(
-    "ride_duration_request_seconds", "Time to answer a request", ["endpoint"],
+    "ride_duration_request_seconds",
+    "Time to answer a request",
+    ["endpoint"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 PREDICTED = Histogram(
-    "ride_duration_predicted_minutes", "Predicted ride durations",
+    "ride_duration_predicted_minutes",
+    "Predicted ride durations",
     buckets=(1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120),
 )
 MODEL_INFO = Gauge(
-    "ride_duration_model_info", "The model being served (value 1)",
-    ["model_version", "registered_version", "model_uri"], multiprocess_mode="livemax",
+    "ride_duration_model_info",
+    "The model being served (value 1)",
+    ["model_version", "registered_version", "model_uri"],
+    multiprocess_mode="livemax",
 )
 
 
@@ -107,11 +119,18 @@ def json_response(payload, status: int = 200) -> Response:
     return Response(json.dumps(payload), status=status, mimetype="application/json")
 
 
-def create_app(model: LoadedModel, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_rides: int = DEFAULT_MAX_RIDES,
-               api_key: str | None = None) -> Flask:
+def create_app(
+    model: LoadedModel,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_rides: int = DEFAULT_MAX_RIDES,
+    api_key: str | None = None,
+) -> Flask:
     """The prediction service for one loaded model."""
     predictor = FastPredictor(model.pipeline)
-    fast = predictor.predict_one(EXAMPLE_RIDE["PULocationID"], EXAMPLE_RIDE["DOLocationID"], EXAMPLE_RIDE["trip_distance"])
+    fast = predictor.predict_one(
+        EXAMPLE_RIDE["PULocationID"], EXAMPLE_RIDE["DOLocationID"], EXAMPLE_RIDE["trip_distance"]
+    )
     reference = float(model.pipeline.predict([ride_features(EXAMPLE_RIDE)])[0])
     if abs(fast - reference) > 1e-9:
         raise ModelLoadError(f"fast path disagrees with the pipeline on the example ride: {fast} != {reference}")
@@ -143,11 +162,15 @@ def create_app(model: LoadedModel, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
     @app.errorhandler(Exception)
     def unexpected_error(error):
         app.logger.exception("unexpected error on %s", request.path)
-        return json_response({"error": "Internal Server Error", "message": "unexpected error; see the service log"}, 500)
+        return json_response(
+            {"error": "Internal Server Error", "message": "unexpected error; see the service log"}, 500
+        )
 
     @app.post("/predict")
     def predict():
-        if expected_key and not hmac.compare_digest(request.headers.get("X-API-Key", "").encode("latin-1"), expected_key):
+        if expected_key and not hmac.compare_digest(
+            request.headers.get("X-API-Key", "").encode("latin-1"), expected_key
+        ):
             raise Unauthorized("missing or wrong X-API-Key header")
         if not request.is_json:
             raise UnsupportedMediaType("send JSON with the header Content-Type: application/json")

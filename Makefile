@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PY := .venv/bin/python
 NOTEBOOKS := 01-train 02-register 03-web-service 04-streaming 05-batch
 
-.PHONY: setup tutorial test test-core test-orchestration export check-export bench stack-start stack-stop images
+.PHONY: setup tutorial test test-core test-orchestration lint export check-export bench stack-start stack-stop images
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -30,6 +30,10 @@ test-orchestration: $(UV)  ## the Prefect tests and the README runs, after addin
 	$(UV) sync --frozen --compile-bytecode --extra orchestration
 	$(PY) -c "import prefect"  # fail, not skip, if the extra did not install
 	$(PY) -m pytest tests/test_orchestration.py tests/test_readme.py
+
+lint: setup  ## ruff's lint and format checks, notebooks included (`ruff format .` and `ruff check --fix .` mend most findings)
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 export: setup  ## regenerate the exported scripts from their notebooks
 	$(PY) scripts/export.py

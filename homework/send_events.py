@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ride_duration.kinesis import put_records
+from ride_duration.kinesis import put_all
 
 
 def sample_records(path: Path) -> list[dict]:
@@ -22,11 +22,7 @@ def sample_records(path: Path) -> list[dict]:
 
 
 def send(client, stream: str, path: Path) -> int:
-    entries = sample_records(path)
-    rejected = put_records(client, stream, entries)
-    if rejected:
-        raise RuntimeError(f"{stream} rejected {len(rejected)} of {len(entries)} records after retries")
-    return len(entries)
+    return put_all(client, stream, sample_records(path))
 
 
 def main(argv=None) -> int:

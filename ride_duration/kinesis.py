@@ -65,6 +65,14 @@ def put_records(
     return rejected
 
 
+def put_all(client, stream_name: str, entries: list[dict]) -> int:
+    """put_records, for senders that need every entry on the stream: raise if it kept rejecting some."""
+    rejected = put_records(client, stream_name, entries)
+    if rejected:
+        raise RuntimeError(f"{stream_name} rejected {len(rejected)} of {len(entries)} records after retries")
+    return len(entries)
+
+
 def stream_shards(client, stream_name: str) -> list[str]:
     """The ids of every shard of the stream, in the order Kinesis lists them."""
     shards, token = [], None

@@ -15,7 +15,7 @@ import json
 import sys
 
 from ride_duration.data import RIDE_COLUMNS, read_month
-from ride_duration.kinesis import put_records
+from ride_duration.kinesis import put_all
 
 
 def ride_events(df, year: int, month: int, n_rides: int, start_row: int = 0) -> list[dict]:
@@ -32,11 +32,9 @@ def ride_events(df, year: int, month: int, n_rides: int, start_row: int = 0) -> 
 
 def send(client, stream: str, events: list[dict]) -> int:
     """Put the events on the stream (partition key: ride_id); raise if the stream kept rejecting some."""
-    entries = [{"Data": json.dumps(e).encode(), "PartitionKey": str(e["ride_id"])} for e in events]
-    rejected = put_records(client, stream, entries)
-    if rejected:
-        raise RuntimeError(f"{stream} rejected {len(rejected)} of {len(entries)} records after retries")
-    return len(entries)
+    return put_all(
+        client, stream, [{"Data": json.dumps(e).encode(), "PartitionKey": str(e["ride_id"])} for e in events]
+    )
 
 
 def main(argv=None) -> int:

@@ -68,6 +68,16 @@ def send(kinesis, stream: str, events: list[dict]) -> None:
     assert producer.send(kinesis, stream, events) == len(events)
 
 
+def run_replay(failures, stream: str):
+    """`runner.py replay` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, str(STREAMING / "runner.py"), "replay", "--failures", str(failures), "--stream", stream],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def run_runner(stream: str, checkpoint: Path, model_uri: str, predictions: str, *options: str, env: dict | None = None):
     """streaming/runner.py as a command, bounded in time, with quick back-offs."""
     command = [
@@ -209,12 +219,7 @@ def test_a_failure_file_replays_and_its_records_are_then_processed(kinesis, ride
     assert {json.loads(base64.b64decode(f["data"]))["ride_id"] for f in filed} == long_rides
     before = Counter((r["Data"], r["PartitionKey"]) for r in read_stream(kinesis, stream, idle_seconds=0.3))
 
-    replay = subprocess.run(
-        [sys.executable, str(STREAMING / "runner.py"), "replay", "--failures", str(failures), "--stream", stream],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    replay = run_replay(failures, stream)
     assert replay.returncode == runner.EXIT_OK, replay.stderr
     assert replay.stdout.startswith(f"replayed {len(filed)} records")
     assert not failures.exists() and lines_of(failures.with_name("failures.jsonl.replayed")) == filed
@@ -231,38 +236,12 @@ def test_replay_to_a_missing_stream_keeps_the_failure_file(moto_url, tmp_path):
     failures = tmp_path / "failures.jsonl"
     failures.write_text(json.dumps({"partitionKey": "k", "data": base64.b64encode(b"ride").decode()}) + "\n")
     before = failures.read_bytes()
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(STREAMING / "runner.py"),
-            "replay",
-            "--failures",
-            str(failures),
-            "--stream",
-            unique("no-such-stream"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_replay(failures, unique("no-such-stream"))
     assert result.returncode == runner.EXIT_STOPPED and "unchanged" in result.stderr
     assert failures.read_bytes() == before and not failures.with_name("failures.jsonl.replayed").exists()
 
     failures.write_text("not a failure record\n")
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(STREAMING / "runner.py"),
-            "replay",
-            "--failures",
-            str(failures),
-            "--stream",
-            "ride_events",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_replay(failures, "ride_events")
     assert result.returncode == runner.EXIT_USAGE and "failures.jsonl:1" in result.stderr
 
 

@@ -51,12 +51,12 @@ def test_actionlint_finds_a_broken_workflow(tmp_path):
 
 
 def test_the_workflow_downloads_every_month_ci_reads():
-    """The GitHub workflow fetches into ../shared/data each green month that this machine's CI has there."""
+    """The GitHub workflow fetches into TAXI_DATA_DIR each green month that this machine's CI has there."""
     months = real_green_months()
     if not months:
         pytest.skip("TAXI_DATA_DIR has no green months to compare with")
     text = WORKFLOW.read_text()
-    assert "../shared/data" in text
+    assert "TAXI_DATA_DIR: " in text and '--output "$TAXI_DATA_DIR/green_tripdata_${month}.parquet"' in text
     assert "https://d37ci6vzurychx.cloudfront.net/trip-data/green_tripdata_${month}.parquet" in text
     listed = set(re.findall(r"\b(20\d\d)-(\d\d)\b", text))
     missing = [f"{year}-{month:02d}" for year, month in months if (str(year), f"{month:02d}") not in listed]

@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PY := .venv/bin/python
 NOTEBOOKS := 01-train 02-register 03-web-service 04-streaming 05-batch
 
-.PHONY: setup tutorial test test-core test-orchestration lint export check-export bench stack-start stack-stop images
+.PHONY: setup tutorial test test-unit test-core test-orchestration lint export check-export bench stack-start stack-stop images
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -21,15 +21,18 @@ tutorial: setup  ## run the numbered notebooks in order into runs/
 
 test: test-core test-orchestration  ## every test (TAXI_DATA_DIR points at real TLC months when there are some)
 
+test-unit: setup  ## the fast loop: tests/unit only (no servers, no subprocesses, no registry; under a minute)
+	$(PY) -m pytest tests/unit
+
 test-core: setup  ## every test but Prefect's and the README runs, in the core install (which has no Prefect)
-	$(PY) -m pytest --ignore=tests/test_orchestration.py --ignore=tests/test_readme.py
+	$(PY) -m pytest --ignore=tests/integration/test_orchestration.py --ignore=tests/integration/test_readme.py
 
 # The README runs are here because some of their blocks install the extra offline, from uv's cache, which this
 # target's first line has filled.
 test-orchestration: $(UV)  ## the Prefect tests and the README runs, after adding the optional orchestration extra
 	$(UV) sync --frozen --compile-bytecode --extra orchestration
 	$(PY) -c "import prefect"  # fail, not skip, if the extra did not install
-	$(PY) -m pytest tests/test_orchestration.py tests/test_readme.py
+	$(PY) -m pytest tests/integration/test_orchestration.py tests/integration/test_readme.py
 
 lint: setup  ## ruff's lint and format checks, notebooks included (`ruff format .` and `ruff check --fix .` mend most findings)
 	.venv/bin/ruff check .

@@ -219,7 +219,7 @@ def save_models(rides, folder: Path) -> tuple[Path, str]:
 
 def request_bodies(rides, count: int = 1000) -> list[bytes]:
     """JSON bodies for `count` real rides that pass validation (the same for every server)."""
-    from ride_duration.features import BadRide, validate_ride
+    from ride_duration.rides import BadRide, validate_ride
 
     bodies = []
     shuffled = rides.sample(frac=1.0, random_state=42)

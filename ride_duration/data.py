@@ -8,7 +8,6 @@ and the quirks of the files (type changes, stray timestamps) are handled in one 
 from __future__ import annotations
 
 import calendar
-import os
 import sys
 import zlib
 from pathlib import Path
@@ -16,17 +15,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ride_duration.files import atomic_path
+from ride_duration.settings import Settings
+
 if TYPE_CHECKING:  # pandas is imported where it is used: batch scoring runs on Arrow without it
     import pandas as pd
 
 TLC_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data/{filename}"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # The pickup/dropoff columns differ by taxi type: lpep_* for green, tpep_* for yellow.
 DATETIME_COLUMNS = {
     "green": ("lpep_pickup_datetime", "lpep_dropoff_datetime"),
     "yellow": ("tpep_pickup_datetime", "tpep_dropoff_datetime"),
 }
+TAXI_TYPES = tuple(DATETIME_COLUMNS)  # ("green", "yellow")
 RIDE_COLUMNS = ["PULocationID", "DOLocationID", "trip_distance"]
 MIN_DURATION, MAX_DURATION = 1, 60
 SYNTHETIC_KEY = b"ride_duration.synthetic"
@@ -41,9 +43,14 @@ class BadMonthFile(ValueError):
 
 
 def check_taxi_type(taxi_type: str) -> str:
-    if taxi_type not in DATETIME_COLUMNS:
-        raise ValueError(f"unknown taxi type {taxi_type!r}: use one of {sorted(DATETIME_COLUMNS)}")
+    if taxi_type not in TAXI_TYPES:
+        raise ValueError(f"unknown taxi type {taxi_type!r}: use one of {sorted(TAXI_TYPES)}")
     return taxi_type
+
+
+def month_label(taxi_type: str, year: int, month: int) -> str:
+    """How a month is named in outputs, summaries and logs: "green/2021-01"."""
+    return f"{taxi_type}/{year:04d}-{month:02d}"
 
 
 def check_month(year: int, month: int) -> tuple[int, int]:
@@ -66,9 +73,9 @@ def month_url(taxi_type: str, year: int, month: int) -> str:
     return TLC_URL.format(filename=month_filename(taxi_type, year, month))
 
 
-def data_dir() -> Path:
+def data_dir(settings: Settings | None = None) -> Path:
     """TAXI_DATA_DIR if set, else the project's data/ folder (ignored by git)."""
-    return Path(os.environ.get("TAXI_DATA_DIR") or PROJECT_ROOT / "data")
+    return (settings or Settings.from_environ()).taxi_data_dir
 
 
 def download(url: str, dest: Path, timeout: float = 30) -> Path:
@@ -76,9 +83,7 @@ def download(url: str, dest: Path, timeout: float = 30) -> Path:
     import requests
     from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".part")
-    try:
+    with atomic_path(dest) as partial:
         with requests.get(url, stream=True, timeout=timeout) as response:
             response.raise_for_status()
             total = int(response.headers.get("content-length", 0)) or None
@@ -86,9 +91,6 @@ def download(url: str, dest: Path, timeout: float = 30) -> Path:
                 for chunk in response.iter_content(chunk_size=1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-        os.replace(partial, dest)
-    finally:
-        partial.unlink(missing_ok=True)
     return dest
 
 
@@ -282,11 +284,6 @@ def write_month_file(df: pd.DataFrame, path: Path | str) -> Path:
     if is_synthetic(df):
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), SYNTHETIC_KEY: b"true"})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    try:
+    with atomic_path(path) as partial:
         pq.write_table(table, partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return path

@@ -1,6 +1,6 @@
 """Ride -> features, written once for training, the web service, the Lambda handler and batch.
 
-A ride is {"PULocationID": int, "DOLocationID": int, "trip_distance": float}. The model sees
+A ride (ride_duration.rides) is {"PULocationID", "DOLocationID", "trip_distance"}. The model sees
 {"PU_DO": "<PU>_<DO>", "trip_distance": <miles>} through a DictVectorizer inside its Pipeline.
 
 `FastPredictor` gives the same numbers as `pipeline.predict` without building a dict per ride: it
@@ -13,18 +13,9 @@ the same sum in plain floats.
 
 from __future__ import annotations
 
-import math
-from numbers import Integral, Real
-
 import numpy as np
 
-RIDE_FIELDS = ("PULocationID", "DOLocationID", "trip_distance")
-MAX_LOCATION_ID = 300  # TLC zones are 1..265 (plus 264/265 unknown); leave some room
-MAX_TRIP_DISTANCE = 1000.0  # miles; anything longer is a data error, not a taxi ride
-
-
-class BadRide(ValueError):
-    """A ride that cannot be scored; the message says which field and why."""
+from ride_duration.rides import MAX_LOCATION_ID
 
 
 def ride_features(ride: dict) -> dict:
@@ -38,34 +29,6 @@ def frame_features(df) -> list[dict]:
     return [
         {"PU_DO": key, "trip_distance": distance} for key, distance in zip(pu_do.tolist(), df["trip_distance"].tolist())
     ]
-
-
-def validate_ride(ride) -> dict:
-    """Check one ride and return it with canonical types; raise BadRide saying what is wrong."""
-    if not isinstance(ride, dict):
-        raise BadRide(f"a ride must be a JSON object with {list(RIDE_FIELDS)}, got {type(ride).__name__}")
-    missing = [f for f in RIDE_FIELDS if f not in ride]
-    if missing:
-        raise BadRide(f"missing field(s): {', '.join(missing)}")
-    extra = sorted(set(ride) - set(RIDE_FIELDS))
-    if extra:
-        raise BadRide(f"unknown field(s): {', '.join(map(str, extra))}")
-    clean = {}
-    for field in ("PULocationID", "DOLocationID"):
-        value = ride[field]
-        if isinstance(value, bool) or not isinstance(value, Integral):
-            raise BadRide(f"{field} must be an integer zone id, got {value!r}")
-        if not 1 <= value <= MAX_LOCATION_ID:
-            raise BadRide(f"{field} must be between 1 and {MAX_LOCATION_ID}, got {value}")
-        clean[field] = int(value)
-    distance = ride["trip_distance"]
-    if isinstance(distance, bool) or not isinstance(distance, Real):
-        raise BadRide(f"trip_distance must be a number of miles, got {distance!r}")
-    distance = float(distance)
-    if not math.isfinite(distance) or not 0 <= distance <= MAX_TRIP_DISTANCE:
-        raise BadRide(f"trip_distance must be between 0 and {MAX_TRIP_DISTANCE:g} miles, got {distance}")
-    clean["trip_distance"] = distance
-    return clean
 
 
 # Regressors whose predict on sparse input is safe_sparse_dot(X, coef_) + intercept_.
@@ -135,12 +98,13 @@ class FastPredictor:
         self.pair_coef = dict(zip(zip(pu.tolist(), do.tolist()), coef[self.pair_column[pu, do]].tolist()))
         return True
 
-    def predict_one(self, pu: int, do: int, distance: float) -> float:
+    def predict_one(self, ride: dict) -> float:
         """The prediction for one validated ride, equal to pipeline.predict (same sum, same order).
 
         The sparse row holds 1.0 at the PU_DO column (if that pair was seen) then the distance, so
         X @ coef_ + intercept_ is (coef[pair] + distance * coef[trip_distance]) + intercept_.
         """
+        pu, do, distance = ride["PULocationID"], ride["DOLocationID"], ride["trip_distance"]
         if not self.linear:
             return float(self.predict_arrays([pu], [do], [distance])[0])
         return self.pair_coef.get((pu, do), 0.0) + distance * self.distance_coef + self.intercept
@@ -192,7 +156,7 @@ class FastPredictor:
         return total
 
     def predict_arrays(self, pu, do, distance) -> np.ndarray:
-        """Predictions for columns of PULocationID, DOLocationID and trip_distance."""
+        """Predictions for the ride's three fields as arrays (predict_columns and predict_rides unpack them)."""
         if self.linear:
             return self.linear_predict(pu, do, distance)
         if not self.fast:
@@ -201,13 +165,12 @@ class FastPredictor:
             return np.asarray(self.pipeline.predict(dicts), dtype=np.float64)
         return np.asarray(self.estimator.predict(self.matrix(pu, do, distance)), dtype=np.float64)
 
-    def predict_frame(self, df) -> np.ndarray:
-        return self.predict_arrays(
-            df["PULocationID"].to_numpy(), df["DOLocationID"].to_numpy(), df["trip_distance"].to_numpy()
-        )
+    def predict_columns(self, columns) -> np.ndarray:
+        """Predictions for columns of rides: anything indexed by the ride's fields (a DataFrame, a dict of arrays)."""
+        return self.predict_arrays(columns["PULocationID"], columns["DOLocationID"], columns["trip_distance"])
 
     def predict_rides(self, rides: list[dict]) -> np.ndarray:
-        """Predictions for validated rides (see validate_ride)."""
+        """Predictions for validated rides (see ride_duration.rides.validate_ride)."""
         return self.predict_arrays(
             [r["PULocationID"] for r in rides],
             [r["DOLocationID"] for r in rides],

@@ -10,7 +10,6 @@ when the tracking server is down.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,15 +17,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ride_duration.features import LINEAR_REGRESSORS
+from ride_duration.settings import Settings
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REGISTERED_MODEL = "ride-duration"
 PRODUCTION_ALIAS = "production"
 
 
-def tracking_uri() -> str:
+def tracking_uri(settings: Settings | None = None) -> str:
     """MLFLOW_TRACKING_URI if set (server mode), else the project's embedded sqlite database."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    return (settings or Settings.from_environ()).tracking_uri
 
 
 # MLflow's log lines that tell a reader of this tutorial nothing, by logger: the caution about pickle
@@ -71,20 +70,21 @@ class LoadedModel:
         return self.model_id
 
 
-def load_model(uri: str, *, without_sklearn: bool = False) -> LoadedModel:
+def load_model(uri: str, *, without_sklearn: bool = False, settings: Settings | None = None) -> LoadedModel:
     """Load a model by URI; raise ModelLoadError with a one-line reason if it cannot be done.
 
     without_sklearn: for callers that only predict through FastPredictor (batch scoring). A pickled
     linear ride pipeline is then loaded as its fitted attributes, without importing scikit-learn
     (1 to 3 s of every cold start); `pipeline` is then only good for FastPredictor, which serves it
     exactly. Any other model loads as usual.
+    settings: where the tracking server is, for registry URIs (default: the environment's).
     """
     if not uri:
         raise ModelLoadError("no model URI given (set MODEL_URI)")
     scheme = urlparse(uri).scheme
     try:
         if scheme in ("models", "runs"):
-            return _load_from_mlflow(uri, without_sklearn)
+            return _load_from_mlflow(uri, without_sklearn, tracking_uri(settings))
         if scheme == "s3":
             with tempfile.TemporaryDirectory(prefix="model-") as folder:
                 _download_s3_folder(uri, Path(folder))
@@ -189,24 +189,24 @@ def _download_s3_folder(uri: str, dest: Path) -> None:
         raise ModelLoadError(f"cannot load model {uri}: nothing stored under that S3 prefix")
 
 
-def _load_from_mlflow(uri: str, without_sklearn: bool = False) -> LoadedModel:
+def _load_from_mlflow(uri: str, without_sklearn: bool, tracking: str) -> LoadedModel:
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(tracking)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     loaded = load_model_folder(local, uri, without_sklearn=without_sklearn)
-    loaded.registered_version = _registered_version(uri)
+    loaded.registered_version = _registered_version(uri, tracking)
     return loaded
 
 
-def _registered_version(uri: str) -> str | None:
+def _registered_version(uri: str, tracking: str) -> str | None:
     """'name/version' for models:/name@alias and models:/name/version URIs."""
     from mlflow import MlflowClient
 
     path = uri[len("models:/") :] if uri.startswith("models:/") else ""
     if not path or path.startswith("m-"):
         return None
-    client = MlflowClient(tracking_uri())
+    client = MlflowClient(tracking)
     if "@" in path:
         name, alias = path.split("@", 1)
         return f"{name}/{client.get_model_version_by_alias(name, alias).version}"

@@ -6,7 +6,9 @@ import logging
 import os
 from collections import OrderedDict
 
-from ride_duration.features import BadRide, FastPredictor, validate_ride
+from ride_duration.features import FastPredictor
+
+from ride_duration.rides import BadRide, validate_ride
 from ride_duration.kinesis import put_records
 from ride_duration.model import load_model
 

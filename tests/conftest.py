@@ -1,96 +1,32 @@
 """Shared fixtures: real services on free loopback ports, real data when there is some, and a
-registered model made in seconds (the same steps as notebooks 01 and 02, called directly)."""
+registered model made in seconds (the same steps as notebooks 01 and 02, called directly).
+
+Tests in tests/unit are marked `unit` (no servers, no subprocesses, no registry), those in
+tests/integration `integration`; helpers that are not fixtures are in tests/helpers.py."""
 
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from ride_duration import local_stack
-from ride_duration.data import month_filename
-
-ROOT = Path(__file__).resolve().parents[1]
-IN_CI = os.environ.get("CI") == "true"
+from tests.helpers import IN_CI, environment, has_real_month, tracking_store
 
 # No test may reach real AWS: dummy credentials from the start; the moto fixture adds the endpoint.
 os.environ.update(local_stack.LOCAL_AWS_ENV)
 os.environ.pop("AWS_PROFILE", None)
 
-
-def has_real_month(taxi_type: str, year: int, month: int) -> bool:
-    folder = os.environ.get("TAXI_DATA_DIR")
-    return bool(folder) and (Path(folder) / month_filename(taxi_type, year, month)).exists()
+LAYERS = ("unit", "integration")
 
 
-def require_real_months(*months: tuple[str, int, int]) -> None:
-    """Skip on a reader's clone without the files; in CI (TAXI_DATA_DIR set) a missing file fails."""
-    missing = [month_filename(*m) for m in months if not has_real_month(*m)]
-    if missing:
-        if IN_CI:
-            pytest.fail(f"CI must run real-data tests but TAXI_DATA_DIR lacks {missing}")
-        pytest.skip(f"real TLC data not available: {missing} (set TAXI_DATA_DIR)")
-
-
-def real_green_months() -> list[tuple[int, int]]:
-    """Every green month in TAXI_DATA_DIR, as (year, month)."""
-    folder = os.environ.get("TAXI_DATA_DIR")
-    if not folder:
-        return []
-    found = []
-    for path in sorted(Path(folder).glob("green_tripdata_*.parquet")):
-        year, month = path.stem.rsplit("_", 1)[1].split("-")
-        found.append((int(year), int(month)))
-    return found
-
-
-@contextmanager
-def environment(values: dict):
-    """Set these environment variables inside the block (this process and its children), then
-    restore what was there before."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextmanager
-def tracking_store(uri: str):
-    """Use this MLflow tracking URI (env and MLflow's global) inside the block, then restore both."""
-    import mlflow
-
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    with environment({"MLFLOW_TRACKING_URI": uri}):
-        mlflow.set_tracking_uri(uri)
-        try:
-            yield uri
-        finally:
-            mlflow.set_tracking_uri(saved or "")
-
-
-WEB_SERVICE_COMMAND = [
-    local_stack.bin_path("gunicorn"),
-    "-c",
-    str(ROOT / "web-service" / "gunicorn.conf.py"),
-    "predict:app",
-]
-
-
-def start_web_service(logs_dir: Path, name: str, env: dict):
-    """web-service/predict.py under gunicorn on a free loopback port; returns (process, base URL, log)."""
-    port = local_stack.free_port()
-    url = f"http://{local_stack.HOST}:{port}"
-    log = logs_dir / f"{name}-{port}.log"
-    env = {"BIND": f"{local_stack.HOST}:{port}", "API_KEY": "", "PROMETHEUS_MULTIPROC_DIR": "", **env}
-    return local_stack.start(WEB_SERVICE_COMMAND, log, f"{url}/health", env=env), url, log
+def pytest_collection_modifyitems(items):
+    """Mark each test with its layer, the folder it is in."""
+    for item in items:
+        layer = Path(item.path).parent.name
+        if layer in LAYERS:
+            item.add_marker(layer)
 
 
 @pytest.fixture(scope="session")

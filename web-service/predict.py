@@ -26,7 +26,9 @@ from werkzeug.exceptions import (
     UnsupportedMediaType,
 )
 
-from ride_duration.features import BadRide, FastPredictor, ride_features, validate_ride
+from ride_duration.features import FastPredictor, ride_features
+
+from ride_duration.rides import BadRide, validate_ride
 from ride_duration.model import LoadedModel, ModelLoadError, load_model
 
 

@@ -17,13 +17,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from conftest import ROOT, environment, start_web_service, tracking_store
 
 from ride_duration import local_stack
 from ride_duration.batch import read_output
 from ride_duration.data import read_month, write_month_file
-from ride_duration.features import FastPredictor, ride_features, validate_ride
+from ride_duration.features import FastPredictor, ride_features
 from ride_duration.model import load_model
+from ride_duration.rides import validate_ride
+from tests.helpers import ROOT, environment, start_web_service, tracking_store
 
 TOLERANCE = 1e-9
 

@@ -13,7 +13,8 @@ from datetime import UTC, date, datetime
 
 import nbformat
 import pytest
-from conftest import ROOT, require_real_months
+
+from tests.helpers import ROOT, require_real_months
 
 sys.path.insert(0, str(ROOT / "homework"))
 import answers

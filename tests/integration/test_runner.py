@@ -16,10 +16,10 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import ROOT
 
 from ride_duration.data import read_month
 from ride_duration.kinesis import put_records, read_stream
+from tests.helpers import ROOT
 
 STREAMING = ROOT / "streaming"
 sys.path.insert(0, str(STREAMING))

@@ -17,12 +17,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, real_green_months, require_real_months, tracking_store
 
 from ride_duration import batch, data
 from ride_duration.data import add_duration, month_filename, read_month_file
 from ride_duration.features import FastPredictor, frame_features
 from ride_duration.model import load_model
+from tests.helpers import ROOT, real_green_months, require_real_months, tracking_store
 
 SCORE_PY = ROOT / "scripts" / "score.py"
 

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import IN_CI, ROOT, require_real_months, tracking_store
 
 from ride_duration import local_stack
 from ride_duration.data import read_month
-from ride_duration.features import BadRide, ride_features, validate_ride
+from ride_duration.features import ride_features
 from ride_duration.kinesis import MAX_BYTES_PER_PUT, MAX_RECORDS_PER_PUT, put_records, read_stream
+from ride_duration.rides import BadRide, validate_ride
+from tests.helpers import IN_CI, ROOT, require_real_months, tracking_store
 
 STREAMING = ROOT / "streaming"
 SAMPLE_EVENT = STREAMING / "events" / "kinesis-sample.json"

@@ -1,5 +1,5 @@
 """The READMEs' commands are tests: every shell block of the five READMEs runs as written, in order,
-one bash session per README, in a fresh copy of the project (tests/readme_blocks.py says how).
+one bash session per README, in a fresh copy of the project (tests/integration/readme_blocks.py says how).
 
 README.md runs from a clean copy (its Quick start makes the environment and runs the tutorial); the
 other READMEs each start from a fresh copy of the project as it is after that Quick start."""
@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import require_real_months
-from readme_blocks import ReadmeError, network_namespace_works, parse, run_readme, shows
 
 from ride_duration import local_stack
+from tests.helpers import require_real_months
+from tests.integration.readme_blocks import ReadmeError, network_namespace_works, parse, run_readme, shows
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 READMES = ["README.md", "web-service/README.md", "streaming/README.md", "scripts/README.md", "homework/README.md"]
 DEFAULT_PORTS = [4200, 4566, 5000, 9696]  # Prefect, moto_server, MLflow, the web service
 OWN_NETWORK = network_namespace_works()

@@ -7,7 +7,8 @@ import pytest
 from sklearn.linear_model import LinearRegression
 
 from ride_duration import data, train
-from ride_duration.features import BadRide, FastPredictor, frame_features, ride_features, validate_ride
+from ride_duration.features import FastPredictor, frame_features, ride_features
+from ride_duration.rides import BadRide, validate_ride
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_fast_path_equals_pipeline_predict_including_unseen_pairs(synthetic_ride
     other = data.synthetic_month("green", 2021, 2, n_rides=20_000)
     other.loc[:50, "PULocationID"] = 265  # pairs never seen in training
     expected = pipeline.predict(frame_features(other))
-    assert np.array_equal(fast.predict_frame(other), expected)
+    assert np.array_equal(fast.predict_columns(other), expected)
 
 
 def test_unrecognised_pipeline_falls_back_to_its_own_predict(synthetic_rides):
@@ -58,7 +59,7 @@ def test_unrecognised_pipeline_falls_back_to_its_own_predict(synthetic_rides):
     fast = FastPredictor(pipeline)
     assert not fast.fast
     rides = synthetic_rides.head(500)
-    assert np.array_equal(fast.predict_frame(rides), pipeline.predict(frame_features(rides)))
+    assert np.array_equal(fast.predict_columns(rides), pipeline.predict(frame_features(rides)))
 
 
 def test_loading_without_sklearn_serves_linear_pipelines_only(synthetic_rides, tmp_path):
@@ -88,4 +89,4 @@ def test_loading_without_sklearn_serves_linear_pipelines_only(synthetic_rides, t
         assert isinstance(loaded.pipeline, type(pipeline)) == (name == "scaled"), name
         fast = FastPredictor(loaded.pipeline)
         assert fast.linear == (name == "linear")
-        assert np.array_equal(fast.predict_frame(other), pipeline.predict(frame_features(other)))
+        assert np.array_equal(fast.predict_columns(other), pipeline.predict(frame_features(other)))

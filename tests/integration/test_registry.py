@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tracking_store
 
 from ride_duration import local_stack, train
 from ride_duration.features import ride_features
 from ride_duration.model import ModelLoadError, artifact_uri, load_model
+from tests.helpers import tracking_store
 
 RIDES = [
     {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40.0},

@@ -7,9 +7,9 @@ import threading
 
 import pandas as pd
 import pytest
-from conftest import require_real_months
 
 from ride_duration import data
+from tests.helpers import require_real_months
 
 
 @pytest.fixture

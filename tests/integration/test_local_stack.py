@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 from ride_duration import local_stack
+from tests.helpers import ROOT
 
 SCRIPT = ROOT / "scripts" / "local_stack.py"
 RIDE = {"PULocationID": 43, "DOLocationID": 151, "trip_distance": 1.8}

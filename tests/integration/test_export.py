@@ -7,7 +7,8 @@ import sys
 
 import nbformat
 import pytest
-from conftest import ROOT
+
+from tests.helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import export

@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import WEB_SERVICE_COMMAND as PREDICT_COMMAND
-from conftest import start_web_service as start_service
 from prometheus_client.parser import text_string_to_metric_families
 
 from ride_duration import local_stack
-from ride_duration.features import FastPredictor, ride_features, validate_ride
+from ride_duration.features import FastPredictor, ride_features
+from ride_duration.rides import validate_ride
+from tests.helpers import WEB_SERVICE_COMMAND as PREDICT_COMMAND
+from tests.helpers import start_web_service as start_service
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web-service"
 EXAMPLE_RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
 API_KEY = "s3cret-key"

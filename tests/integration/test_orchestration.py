@@ -23,9 +23,8 @@ import pytest
 
 pytest.importorskip("prefect", reason="Prefect is the optional orchestration extra: make test-orchestration")
 
-from conftest import ROOT, environment, has_real_month, require_real_months
-
 from ride_duration import batch, data, local_stack
+from tests.helpers import ROOT, environment, has_real_month, require_real_months
 
 FLOWS_PY = ROOT / "scripts" / "orchestrate.py"
 SCORE_PY = ROOT / "scripts" / "score.py"

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, real_green_months
+
+from tests.helpers import ROOT, real_green_months
 
 BIN = Path(sys.executable).parent  # ruff and actionlint come with the dev group
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"

@@ -8,14 +8,14 @@ import math
 
 import pytest
 import requests
-from conftest import start_web_service as start_service
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from ride_duration import local_stack
-from ride_duration.features import MAX_LOCATION_ID, MAX_TRIP_DISTANCE, RIDE_FIELDS, BadRide, validate_ride
+from ride_duration.rides import MAX_LOCATION_ID, MAX_TRIP_DISTANCE, RIDE_FIELDS, BadRide, validate_ride
+from tests.helpers import start_web_service as start_service
 
 EXAMPLES = 2000
 MAX_RIDES = 20

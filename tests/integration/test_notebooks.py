@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, tracking_store
+
+from tests.helpers import ROOT, tracking_store
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from run_notebooks import declared_parameters, parse_value, report, run_notebook

@@ -1,0 +1,59 @@
+"""What a ride is, once: its fields, their limits, how one is checked, and the tutorial's example ride.
+
+A ride is {"PULocationID": int, "DOLocationID": int, "trip_distance": float}: the JSON a client sends to
+the web service, the "ride" of a Kinesis event, and the columns batch scoring reads from a TLC month.
+Adding a feature means adding its field here (and to `validate_ride`), then to ride_duration.features,
+where rides become the model's input; the adapters only move rides in and out.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+RIDE_FIELDS = ("PULocationID", "DOLocationID", "trip_distance")
+MAX_LOCATION_ID = 300  # TLC zones are 1..265 (plus 264/265 unknown); leave some room
+MAX_TRIP_DISTANCE = 1000.0  # miles; anything longer is a data error, not a taxi ride
+
+# The course's example ride, used by every lesson, client and self-check.
+EXAMPLE_RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40.0}
+
+# Batch outputs and the streaming producer name each ride by its month and its row in the month's file.
+RIDE_ID_FORMAT = "{year:04d}/{month:02d}_{row}"
+
+
+class BadRide(ValueError):
+    """A ride that cannot be scored; the message says which field and why."""
+
+
+def ride_id(year: int, month: int, row: int) -> str:
+    """The id of the ride in row `row` (from 0) of a month's file, e.g. "2021/01_0"."""
+    return RIDE_ID_FORMAT.format(year=year, month=month, row=row)
+
+
+def validate_ride(ride) -> dict:
+    """Check one ride and return it with canonical types; raise BadRide saying what is wrong."""
+    if not isinstance(ride, dict):
+        raise BadRide(f"a ride must be a JSON object with {list(RIDE_FIELDS)}, got {type(ride).__name__}")
+    missing = [f for f in RIDE_FIELDS if f not in ride]
+    if missing:
+        raise BadRide(f"missing field(s): {', '.join(missing)}")
+    extra = sorted(set(ride) - set(RIDE_FIELDS))
+    if extra:
+        raise BadRide(f"unknown field(s): {', '.join(map(str, extra))}")
+    clean = {}
+    for field in ("PULocationID", "DOLocationID"):
+        value = ride[field]
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            raise BadRide(f"{field} must be an integer zone id, got {value!r}")
+        if not 1 <= value <= MAX_LOCATION_ID:
+            raise BadRide(f"{field} must be between 1 and {MAX_LOCATION_ID}, got {value}")
+        clean[field] = int(value)
+    distance = ride["trip_distance"]
+    if isinstance(distance, bool) or not isinstance(distance, Real):
+        raise BadRide(f"trip_distance must be a number of miles, got {distance!r}")
+    distance = float(distance)
+    if not math.isfinite(distance) or not 0 <= distance <= MAX_TRIP_DISTANCE:
+        raise BadRide(f"trip_distance must be between 0 and {MAX_TRIP_DISTANCE:g} miles, got {distance}")
+    clean["trip_distance"] = distance
+    return clean

@@ -1,0 +1,160 @@
+"""Every environment variable the project reads, with its one default and one line saying what it does.
+
+Nothing else in the project reads `os.environ`: code takes a `Settings` (tests build one with
+`Settings.from_environ({...})` or `dataclasses.replace`, no global patching). The few places that must
+write the process environment (so that boto3, MLflow or a child process sees a value) do it through
+`export` and `child_environment` here.
+
+The READMEs' tables of variables are generated from `Settings` (`markdown_table`), and a test keeps them
+in sync.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_URI = "models:/ride-duration@production"
+
+
+class SettingError(ValueError):
+    """An environment variable holds a value the project cannot use; the message names it."""
+
+
+def variable(name: str, default, doc: str, *, group: str, shown: str | None = None):
+    """A Settings field read from the environment variable `name`; `shown` is the default as the docs show it."""
+    return field(default=default, metadata={"env": name, "doc": doc, "group": group, "shown": shown})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # What every deployment serves or scores
+    model_uri: str = variable(
+        "MODEL_URI",
+        DEFAULT_MODEL_URI,
+        "the model to serve or score: `models:/NAME@ALIAS`, `models:/m-...`, `runs:/...`, or the artifact folder as `s3://`, `file://` or a path",
+        group="model",
+    )
+    mlflow_tracking_uri: str = variable(
+        "MLFLOW_TRACKING_URI",
+        "",
+        "MLflow's tracking server or store; unset, the project's own `mlflow.db`",
+        group="model",
+        shown="`sqlite:///mlflow.db` in the project",
+    )
+    taxi_data_dir: Path = variable(
+        "TAXI_DATA_DIR",
+        PROJECT_ROOT / "data",
+        "where TLC month files are looked up (and downloaded to) before the TLC site is asked",
+        group="model",
+        shown="`data/` in the project",
+    )
+    aws_endpoint_url: str = variable(
+        "AWS_ENDPOINT_URL",
+        "",
+        "read by boto3 itself: the local S3/Kinesis endpoint (moto_server); unset, real AWS",
+        group="model",
+        shown="unset (real AWS)",
+    )
+    # The web service
+    api_key: str = variable(
+        "API_KEY", "", "the `X-API-Key` header `/predict` requires; empty, no key is asked", group="web", shown="empty"
+    )
+    max_body_bytes: int = variable(
+        "MAX_BODY_BYTES", 256 * 1024, "the largest request body accepted (413 beyond it)", group="web"
+    )
+    max_rides: int = variable("MAX_RIDES", 1000, "the most rides in one request (413 beyond it)", group="web")
+    bind: str = variable("BIND", "0.0.0.0:9696", "the address gunicorn listens on", group="web")
+    web_concurrency: int = variable("WEB_CONCURRENCY", 2, "gunicorn worker processes (one per core)", group="web")
+    gunicorn_threads: int = variable("GUNICORN_THREADS", 4, "threads per gunicorn worker", group="web")
+    port: int = variable("PORT", 9696, "the port of Flask's development server (`python predict.py`)", group="web")
+    prometheus_multiproc_dir: str = variable(
+        "PROMETHEUS_MULTIPROC_DIR",
+        "",
+        "where gunicorn's workers keep their metrics; unset, a fresh folder per start",
+        group="web",
+        shown="a fresh temporary folder",
+    )
+    # Streaming
+    predictions_stream_name: str = variable(
+        "PREDICTIONS_STREAM_NAME", "ride_predictions", "the Kinesis stream the predictions go to", group="streaming"
+    )
+    dry_run: bool = variable(
+        "DRY_RUN", False, "`1`: return the predictions instead of writing them to the stream", group="streaming"
+    )
+    # The local stack (moto_server and the MLflow server on loopback)
+    local_stack_dir: Path = variable(
+        "LOCAL_STACK_DIR",
+        PROJECT_ROOT / ".local-stack",
+        "where the local stack keeps its logs, pids, MLflow store and saved S3 objects",
+        group="local",
+        shown="`.local-stack/` in the project",
+    )
+    moto_port: int = variable("MOTO_PORT", 4566, "moto_server's port", group="local")
+    mlflow_port: int = variable("MLFLOW_PORT", 5000, "the MLflow tracking server's port", group="local")
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings in `environ` (the process environment if None); unset or empty means the default."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for spec in fields(cls):
+            text = environ.get(spec.metadata["env"], "")
+            if text != "":
+                values[spec.name] = parse(spec.metadata["env"], text, type(spec.default))
+        return cls(**values)
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLFLOW_TRACKING_URI, else the project's embedded sqlite store."""
+        return self.mlflow_tracking_uri or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def parse(name: str, text: str, kind: type):
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise SettingError(f"{name} must be 1 or 0 (true or false), got {text!r}")
+    if kind is int:
+        if not text.isdigit() or int(text) < 1:
+            raise SettingError(f"{name} must be a positive integer, got {text!r}")
+        return int(text)
+    if issubclass(kind, Path):
+        return Path(text)
+    return text
+
+
+def environment_names() -> list[str]:
+    return [spec.metadata["env"] for spec in fields(Settings)]
+
+
+def markdown_table(group: str) -> str:
+    """The README table of one group's variables ("model", "web", "streaming" or "local")."""
+    lines = ["| Variable | Default | What it does |", "|---|---|---|"]
+    for spec in fields(Settings):
+        if spec.metadata["group"] != group:
+            continue
+        default = spec.metadata["shown"] or f"`{str(spec.default).lower() if spec.default is False else spec.default}`"
+        lines.append(f"| `{spec.metadata['env']}` | {default} | {spec.metadata['doc']} |")
+    return "\n".join(lines)
+
+
+def export(values: Mapping[str, str]) -> None:
+    """Set variables in this process's environment, for the libraries that read it themselves (boto3, MLflow)."""
+    os.environ.update(values)
+
+
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus `extra`: what a child process (a server, a script) is started with."""
+    return {**os.environ, **(extra or {})}
+
+
+if __name__ == "__main__":  # python -m ride_duration.settings web: the README table of a group
+    import sys
+
+    print(markdown_table(sys.argv[1] if len(sys.argv) > 1 else "model"))

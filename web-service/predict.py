@@ -2,11 +2,10 @@
 
 import hmac
 import json
-import os
 import sys
 import time
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -26,26 +25,10 @@ from werkzeug.exceptions import (
     UnsupportedMediaType,
 )
 
-from ride_duration.features import FastPredictor, ride_features
-
-from ride_duration.rides import BadRide, validate_ride
-from ride_duration.model import LoadedModel, ModelLoadError, load_model
-
-
-DEFAULT_MODEL_URI = "models:/ride-duration@production"
-DEFAULT_MAX_BODY_BYTES = 256 * 1024  # room for a list of 1,000 rides
-DEFAULT_MAX_RIDES = 1000
-
-
-def settings_from_env(environ=os.environ) -> dict:
-    """create_app's keyword arguments from MAX_BODY_BYTES, MAX_RIDES and API_KEY."""
-    settings = {"api_key": environ.get("API_KEY") or None}
-    for name, default in (("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES), ("MAX_RIDES", DEFAULT_MAX_RIDES)):
-        text = environ.get(name, str(default))
-        if not text.isdigit() or int(text) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {text!r}")
-        settings[name.lower()] = int(text)
-    return settings
+from ride_duration.model import ModelLoadError
+from ride_duration.rides import BadRide
+from ride_duration.serving import ModelService, ServedModel
+from ride_duration.settings import SettingError, Settings
 
 
 JSON_TYPES = {
@@ -67,7 +50,7 @@ def parse_rides(body: bytes, max_rides: int) -> tuple[list[dict], bool]:
         raise BadRequest(f"the body is not valid JSON: {error}") from None
     if isinstance(payload, dict):
         try:
-            return [validate_ride(payload)], True
+            return [ModelService.validate(payload)], True
         except BadRide as error:
             raise UnprocessableEntity(str(error)) from None
     if not isinstance(payload, list):
@@ -79,7 +62,7 @@ def parse_rides(body: bytes, max_rides: int) -> tuple[list[dict], bool]:
     rides = []
     for index, ride in enumerate(payload):
         try:
-            rides.append(validate_ride(ride))
+            rides.append(ModelService.validate(ride))
         except BadRide as error:
             raise UnprocessableEntity(f"ride {index}: {error}") from None
     return rides, False
@@ -105,54 +88,53 @@ MODEL_INFO = Gauge(
 )
 
 
-def metrics_text() -> bytes:
+class RequestMetrics:
+    """Counts and times requests, with each labelled metric child looked up once, not per request."""
+
+    def __init__(self):
+        self.counted = {}  # (endpoint, status code) -> the requests counter's child
+        self.timed = {}  # endpoint -> the latency histogram's child
+        self.shown = None  # the ServedModel ride_duration_model_info names
+
+    def record(self, endpoint: str, status: int, seconds: float) -> None:
+        counter = self.counted.get((endpoint, status))
+        if counter is None:
+            counter = self.counted[endpoint, status] = REQUESTS.labels(endpoint, str(status))
+        latency = self.timed.get(endpoint)
+        if latency is None:
+            latency = self.timed[endpoint] = LATENCY.labels(endpoint)
+        counter.inc()
+        latency.observe(seconds)
+
+    def show_model(self, served: ServedModel) -> None:
+        """Name `served` as the live model (and no longer the one before it)."""
+        if served is self.shown:
+            return
+        if self.shown is not None:
+            MODEL_INFO.remove(*model_labels(self.shown))
+        MODEL_INFO.labels(*model_labels(served)).set(1)
+        self.shown = served
+
+
+def model_labels(served: ServedModel) -> tuple[str, str, str]:
+    return served.version, served.registered_version or "", served.uri
+
+
+def metrics_text(settings: Settings) -> bytes:
     """Every metric in Prometheus text format, summed over gunicorn's workers when there are several."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if settings.prometheus_multiproc_dir:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry, path=settings.prometheus_multiproc_dir)
         return generate_latest(registry)
     return generate_latest(REGISTRY)
 
 
-EXAMPLE_RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40.0}
-
-
 def json_response(payload, status: int = 200) -> Response:
-    return Response(json.dumps(payload), status=status, mimetype="application/json")
+    return Response(json.dumps(payload), status=status, content_type="application/json")
 
 
-def create_app(
-    model: LoadedModel,
-    *,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    max_rides: int = DEFAULT_MAX_RIDES,
-    api_key: str | None = None,
-) -> Flask:
-    """The prediction service for one loaded model."""
-    predictor = FastPredictor(model.pipeline)
-    fast = predictor.predict_one(
-        EXAMPLE_RIDE["PULocationID"], EXAMPLE_RIDE["DOLocationID"], EXAMPLE_RIDE["trip_distance"]
-    )
-    reference = float(model.pipeline.predict([ride_features(EXAMPLE_RIDE)])[0])
-    if abs(fast - reference) > 1e-9:
-        raise ModelLoadError(f"fast path disagrees with the pipeline on the example ride: {fast} != {reference}")
-    about = {"model_version": model.version, "registered_version": model.registered_version}
-    MODEL_INFO.labels(model.version, model.registered_version or "", model.uri).set(1)
-
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
-    expected_key = api_key.encode() if api_key else None
-
-    @app.before_request
-    def start_timer():
-        g.started = time.perf_counter()
-
-    @app.after_request
-    def record(response):
-        endpoint = request.endpoint or "unknown"
-        REQUESTS.labels(endpoint, str(response.status_code)).inc()
-        LATENCY.labels(endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
-        return response
+def add_error_handlers(app: Flask) -> None:
+    """Answer every error as JSON {"error": ..., "message": ...}."""
 
     @app.errorhandler(HTTPException)
     def http_error(error):
@@ -167,6 +149,12 @@ def create_app(
         return json_response(
             {"error": "Internal Server Error", "message": "unexpected error; see the service log"}, 500
         )
+
+
+def add_routes(app: Flask, settings: Settings, service: ModelService, metrics: RequestMetrics) -> None:
+    """/predict, /health and /metrics for the model `service` serves."""
+    expected_key = settings.api_key.encode() if settings.api_key else None
+    max_body_bytes, max_rides = settings.max_body_bytes, settings.max_rides
 
     @app.post("/predict")
     def predict():
@@ -183,30 +171,77 @@ def create_app(
         except RequestEntityTooLarge:
             raise RequestEntityTooLarge(f"the body is larger than the limit of {max_body_bytes} bytes") from None
         rides, single = parse_rides(body, max_rides)
+        served = service.current
+        metrics.show_model(served)
+        about = {"model_version": served.version, "registered_version": served.registered_version}
         if single:
-            ride = rides[0]
-            duration = predictor.predict_one(ride["PULocationID"], ride["DOLocationID"], ride["trip_distance"])
+            duration = served.predict_one(rides[0])
             PREDICTED.observe(duration)
             return json_response({"duration": duration, **about})
-        durations = predictor.predict_rides(rides).tolist()
+        durations = served.predict_rides(rides).tolist()
         for duration in durations:
             PREDICTED.observe(duration)
         return json_response([{"duration": duration, **about} for duration in durations])
 
     @app.get("/health")
     def health():
-        return json_response({"status": "ready", "model_uri": model.uri, **about})
+        served = service.current
+        return json_response(
+            {
+                "status": "ready",
+                "model_uri": served.uri,
+                "model_version": served.version,
+                "registered_version": served.registered_version,
+                "loaded_at": served.loaded_at,
+            }
+        )
 
     @app.get("/metrics")
-    def metrics():
-        return app.response_class(metrics_text(), content_type=CONTENT_TYPE_LATEST)
+    def metrics_page():
+        metrics.show_model(service.current)
+        return Response(metrics_text(settings), content_type=CONTENT_TYPE_LATEST)
 
+
+def create_app(settings: Settings | None = None, service: ModelService | None = None) -> Flask:
+    """The prediction service: `service`'s model behind HTTP, limited and keyed by `settings`."""
+    settings = Settings.from_environ() if settings is None else settings
+    service = ModelService.from_settings(settings) if service is None else service
+    metrics = RequestMetrics()
+    metrics.show_model(service.current)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+
+    @app.before_request
+    def start_timer():
+        request.environ["ride_duration.started"] = time.perf_counter()
+
+    @app.after_request
+    def record(response):
+        started = request.environ.get("ride_duration.started")
+        seconds = time.perf_counter() - started if started else 0.0
+        metrics.record(request.endpoint or "unknown", response.status_code, seconds)
+        return response
+
+    add_error_handlers(app)
+    add_routes(app, settings, service, metrics)
     return app
 
-try:
-    app = create_app(load_model(os.environ.get("MODEL_URI", DEFAULT_MODEL_URI)), **settings_from_env())
-except (ModelLoadError, ValueError) as error:
-    sys.exit(f"predict.py: {' '.join(str(error).split())}")
+
+def app_from_environment() -> Flask:
+    """create_app() for gunicorn and `python predict.py`: a bad setting or model ends start-up with one line."""
+    try:
+        return create_app()
+    except (ModelLoadError, SettingError) as error:
+        sys.exit(f"predict.py: {' '.join(str(error).split())}")
+
+def __getattr__(name: str):
+    """`predict.app`, built from the environment the first time it is asked for (by gunicorn)."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()["app"] = built = app_from_environment()
+    return built
+
 
 if __name__ == "__main__":
-    app.run(host="127.0.0.1", port=int(os.environ.get("PORT", "9696")))
+    app_from_environment().run(host="127.0.0.1", port=Settings.from_environ().port)

@@ -7,28 +7,35 @@ gunicorn reads ./gunicorn.conf.py from the directory it starts in (before applyi
 `gunicorn --chdir web-service predict:app` alone would not find this file); `chdir` below then
 puts predict.py on the import path whichever way it was started.
 
-Everything a deployment changes comes from the environment:
-  BIND              address to listen on (default 0.0.0.0:9696)
-  WEB_CONCURRENCY   worker processes (default 2: one per core of a small machine)
-  GUNICORN_THREADS  threads per worker (default 4)
+Everything a deployment changes comes from the environment, read through ride_duration.settings
+(BIND, WEB_CONCURRENCY, GUNICORN_THREADS, PROMETHEUS_MULTIPROC_DIR; see web-service/README.md).
 """
 
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 
 chdir = os.path.dirname(os.path.abspath(__file__))
-bind = os.environ.get("BIND", "0.0.0.0:9696")
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+if chdir not in sys.path:  # the container keeps ride_duration/ next to this file
+    sys.path.insert(0, chdir)
+
+from ride_duration.settings import SettingError, Settings, export  # noqa: E402 - needs the path above
+
+try:
+    settings = Settings.from_environ()
+except SettingError as error:
+    sys.exit(f"gunicorn.conf.py: {error}")
+
+bind = settings.bind
+workers = settings.web_concurrency
 # One worker process per core: a request is CPU-bound Python, more processes only add switching.
 # gthread keeps client connections alive between requests (the sync worker closes each one after
 # a single response); idle connections wait in its poller, and the threads overlap one request's
-# socket I/O with another's Python. Measured on 2 cores at 8 connections (benchmarks/bench_web.py):
-# 2 sync workers ~1,300 req/s, 2 x 1 thread ~2,700, 2 x 2 ~4,100, 2 x 4 ~4,300, 3 x 2 ~4,500 (noise
-# on a shared machine is +-30%, so beyond 2 x 2 the differences are within it).
+# socket I/O with another's Python. web-service/README.md has the measurements behind these defaults.
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+threads = settings.gunicorn_threads
 keepalive = 5
 # Load the model once in the master, before forking: the workers share its memory, and a bad
 # MODEL_URI ends start-up with predict.py's one-line reason instead of a crash loop per worker.
@@ -40,10 +47,11 @@ control_socket_disable = True
 # and /metrics adds them up. It must be set before predict.py imports prometheus_client and be
 # empty at start, hence a fresh folder per run (removed when the master exits, even when start-up
 # fails) unless the deployment names one.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="predict-metrics-")
+if not settings.prometheus_multiproc_dir:
+    metrics_dir = tempfile.mkdtemp(prefix="predict-metrics-")
+    export({"PROMETHEUS_MULTIPROC_DIR": metrics_dir})
 
-    def remove_metrics_dir(folder=os.environ["PROMETHEUS_MULTIPROC_DIR"], master_pid=os.getpid()):  # noqa: B008 - the master's pid, taken once
+    def remove_metrics_dir(folder=metrics_dir, master_pid=os.getpid()):  # noqa: B008 - the master's pid, taken once
         if os.getpid() == master_pid:  # workers inherit this handler; only the master cleans up
             shutil.rmtree(folder, ignore_errors=True)
 

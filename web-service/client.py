@@ -22,7 +22,9 @@ from ride_duration.settings import Settings
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url", nargs="?", default="http://127.0.0.1:9696/predict")
-    parser.add_argument("--api-key", default=Settings.from_environ().api_key, help="sent as X-API-Key (default: $API_KEY)")
+    parser.add_argument(
+        "--api-key", default=Settings.from_environ().api_key, help="sent as X-API-Key (default: $API_KEY)"
+    )
     args = parser.parse_args(argv)
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
     try:

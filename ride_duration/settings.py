@@ -149,6 +149,12 @@ def export(values: Mapping[str, str]) -> None:
     os.environ.update(values)
 
 
+def export_defaults(values: Mapping[str, str]) -> None:
+    """Set the variables this process's environment does not set yet: its own values win (Prefect's settings)."""
+    for name, value in values.items():
+        os.environ.setdefault(name, value)
+
+
 def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment plus `extra`: what a child process (a server, a script) is started with."""
     return {**os.environ, **(extra or {})}

@@ -214,11 +214,12 @@ def _registered_version(uri: str, tracking: str) -> str | None:
     return f"{name}/{version}" if version.isdigit() else None
 
 
-def artifact_uri(model_uri: str) -> str:
-    """Where a registered model's files are stored (s3://... in server mode), asked of MLflow."""
+def artifact_uri(model_uri: str, settings: Settings | None = None) -> str:
+    """Where a registered model's files are stored (s3://... in server mode), asked of the tracking store
+    that `settings` names (default: the environment's)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri())
+    client = MlflowClient(tracking_uri(settings))
     path = model_uri[len("models:/") :]
     if path.startswith("m-"):
         return client.get_logged_model(path).artifact_location

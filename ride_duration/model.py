@@ -94,7 +94,8 @@ def load_model(uri: str, *, without_sklearn: bool = False, settings: Settings | 
     except ModelLoadError:
         raise
     except Exception as error:
-        raise ModelLoadError(f"cannot load model {uri}: {type(error).__name__}: {error}") from error
+        reason = " ".join(str(error).split())  # one line, whatever the library's message looked like
+        raise ModelLoadError(f"cannot load model {uri}: {type(error).__name__}: {reason}") from error
 
 
 def load_model_folder(folder: Path, uri: str | None = None, *, without_sklearn: bool = False) -> LoadedModel:

@@ -182,15 +182,15 @@ def version_model_id(version) -> str:
 def judge(candidate, champion, metric: str, settings: Settings | None = None) -> tuple[bool, str, float | None]:
     """(promote?, why, the champion's RMSE on the candidate's data) for a candidate run against a champion;
     `settings` names the tracking store the champion is loaded from."""
-    import mlflow
-
-    from ride_duration.model import load_model
-
     data, rmse_new = validation_data(candidate), candidate.data.metrics[metric]
     if champion is None:
         return True, "no version had the alias yet", None
     if version_model_id(champion) == candidate.outputs.model_outputs[0].model_id:
         return False, "the best comparable run is already the champion", None
+    import mlflow
+
+    from ride_duration.model import load_model
+
     champion_run = mlflow.get_run(champion.run_id)
     champion_data = validation_data(champion_run)
     if champion_data["data_source"] == REAL_DATA and data["data_source"] != REAL_DATA:

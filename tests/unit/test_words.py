@@ -3,6 +3,7 @@ and the design notes kept beside the project. A reader of a clone has none of th
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -31,17 +32,17 @@ FORBIDDEN = re.compile(r"\bissue\s+#?\d+|\bissue\s+#|\bDone[ -]when\b|DESIGN\.md
 
 
 def project_text_files(root: Path = ROOT):
-    """Every text file under root outside SKIPPED_FOLDERS, as (path, text)."""
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if set(relative.parts[:-1]) & SKIPPED_FOLDERS or relative.parts[0] in SKIPPED_FOLDERS:
-            continue
-        if not path.is_file() or path.name in SKIPPED_FILES or path.suffix in SKIPPED_SUFFIXES:
-            continue
-        try:
-            yield relative, path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            continue  # not text
+    """Every text file under root outside SKIPPED_FOLDERS, as (path relative to root, text)."""
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(name for name in subfolders if name not in SKIPPED_FOLDERS)
+        for name in sorted(files):
+            path = Path(folder) / name
+            if name in SKIPPED_FILES or path.suffix in SKIPPED_SUFFIXES:
+                continue
+            try:
+                yield path.relative_to(root), path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue  # not text
 
 
 def findings(root: Path = ROOT) -> list[str]:

@@ -24,7 +24,8 @@ import pytest
 pytest.importorskip("prefect", reason="Prefect is the optional orchestration extra: make test-orchestration")
 
 from ride_duration import batch, data, local_stack
-from tests.helpers import ROOT, environment, has_real_month, require_real_months
+from ride_duration.settings import exported
+from tests.helpers import ROOT, has_real_month, require_real_months
 
 FLOWS_PY = ROOT / "scripts" / "orchestrate.py"
 SCORE_PY = ROOT / "scripts" / "score.py"
@@ -61,7 +62,7 @@ def prefect_api(tmp_path_factory, logs_dir):
     )
     try:
         with (
-            environment(env),
+            exported(env),
             temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_HOME: home}),
         ):
             yield env

@@ -3,6 +3,7 @@
 import base64
 import json
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from ride_duration.settings import Settings
 MODEL_NAME = "ride_duration_prediction_model"  # the name the course's consumers expect
 MAX_RIDE_ID_LENGTH = 256  # the ride_id is the output's partition key, which Kinesis caps at 256
 REMEMBERED_RECORDS = 100_000  # records a container wrote, kept to skip them when re-delivered
+RIDE_ID_SLOT, DURATION_SLOT = "\0ride_id\0", "\0ride_duration\0"  # placeholders in encode_predictions' template
 
 logger = logging.getLogger("lambda_function")
 
@@ -29,7 +31,7 @@ def decode_record(record: dict) -> tuple:
     except (KeyError, TypeError, ValueError) as error:
         raise BadRecord(f"data is not base64: {error}") from error
     try:
-        event = json.loads(data)
+        event = json.loads(data.decode())  # JSON is UTF-8; decoding first is twice as fast as loads(bytes)
     except (ValueError, RecursionError) as error:  # ValueError includes bad UTF-8
         raise BadRecord(f"data is not JSON: {error}") from error
     if not isinstance(event, dict) or "ride" not in event or "ride_id" not in event:
@@ -61,6 +63,21 @@ def prediction_event(ride_id, duration: float, version: str) -> dict:
         "version": version,
         "prediction": {"ride_duration": duration, "ride_id": ride_id},
     }
+
+
+def encode_predictions(ride_ids: list, durations: list[float], version: str) -> list[bytes]:
+    """json.dumps(prediction_event(...)) of each ride, as bytes, by filling in one template per batch.
+
+    The template is prediction_event's own JSON with placeholders, so the format is still defined once;
+    json.dumps's cost per call is larger than the rest of the handler's work for a record.
+    """
+    template = json.dumps(prediction_event(RIDE_ID_SLOT, DURATION_SLOT, version))
+    before, rest = template.split(json.dumps(DURATION_SLOT))
+    middle, after = rest.split(json.dumps(RIDE_ID_SLOT))
+    return [
+        f"{before}{float.__repr__(d) if math.isfinite(d) else json.dumps(d)}{middle}{json.dumps(i)}{after}".encode()
+        for i, d in zip(ride_ids, durations)
+    ]
 
 
 @dataclass
@@ -107,20 +124,19 @@ def record_key(record: dict) -> tuple:
     return record.get("eventSourceARN"), record.get("eventID"), record["kinesis"]["sequenceNumber"]
 
 
-def predict(service: ModelService, ride_ids: list, rides: list[dict]) -> list[dict]:
-    """The output records of a batch, all made by the one model serving now."""
+def predict(service: ModelService, rides: list[dict]) -> tuple[str, list[float]]:
+    """(version, durations) of a batch, all predicted by the one model serving now."""
     served = service.current
-    durations = served.predict_rides(rides).tolist()
-    return [prediction_event(i, d, served.version) for i, d in zip(ride_ids, durations)]
+    return served.version, served.predict_rides(rides).tolist()
 
 
 class PredictionsNotWritten(RuntimeError):
     """The output stream kept rejecting some predictions: its fault, not the records'."""
 
 
-def write_predictions(container: Container, keys: list, ride_ids: list, predictions: list[dict]) -> None:
+def write_predictions(container: Container, keys: list, ride_ids: list, predictions: list[bytes]) -> None:
     """put_records to the predictions stream, remembering each record whose prediction is written."""
-    entries = [{"Data": json.dumps(p).encode(), "PartitionKey": str(i)} for p, i in zip(predictions, ride_ids)]
+    entries = [{"Data": p, "PartitionKey": str(i)} for p, i in zip(predictions, ride_ids)]
     stream = container.settings.predictions_stream_name
     rejected = set(put_records(container.kinesis_client(), stream, entries))  # raises if the stream is missing
     for index, key in enumerate(keys):
@@ -151,12 +167,12 @@ def handle_batch(container: Container, event) -> dict:
         ride_ids.append(ride_id)
         rides.append(ride)
     response = {"batchItemFailures": [{"itemIdentifier": s} for s in failed]}
-    predictions = predict(container.service, ride_ids, rides) if rides else []
+    version, durations = predict(container.service, rides) if rides else ("", [])
     if container.settings.dry_run:
-        return {**response, "predictions": predictions}
-    if predictions:
-        write_predictions(container, keys, ride_ids, predictions)
-    logger.info("%d records: %d predictions written, %d bad records", len(records), len(predictions), len(failed))
+        return {**response, "predictions": [prediction_event(*p, version) for p in zip(ride_ids, durations)]}
+    if rides:
+        write_predictions(container, keys, ride_ids, encode_predictions(ride_ids, durations, version))
+    logger.info("%d records: %d predictions written, %d bad records", len(records), len(rides), len(failed))
     return response
 
 

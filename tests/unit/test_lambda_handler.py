@@ -270,3 +270,12 @@ def test_the_sample_event_decodes_to_the_course_ride():
     [record] = event["Records"]
     assert lambda_function.decode_record(record) == (256, GOOD_RIDES[0][0])
     assert base64.b64decode(record["kinesis"]["data"])  # Lambda's envelope, base64 inside
+
+
+def test_the_records_written_are_the_json_of_the_prediction_events():
+    ride_ids = [256, "2021/01_17", 'quote " and \\ backslash', "zone ü ✓", 10**30, "\0ride_id\0"]
+    durations = [13.845678912345, 0.1 + 0.2, 1e-7, 123456789.0, float("nan"), float("inf")]
+    version = 'm-"odd" version'
+    assert lambda_function.encode_predictions(ride_ids, durations, version) == [
+        json.dumps(lambda_function.prediction_event(i, d, version)).encode() for i, d in zip(ride_ids, durations)
+    ]

@@ -19,13 +19,14 @@ setup: $(UV)  ## create .venv from the lock file
 tutorial: setup  ## run the numbered notebooks in order into runs/
 	$(PY) scripts/run_notebooks.py $(NOTEBOOKS)
 
-test: test-core test-orchestration  ## every test (TAXI_DATA_DIR points at real TLC months when there are some)
+# `make test` runs each test once: the unit layer, then the integration layer in two parts.
+test: test-unit test-core test-orchestration  ## every test (TAXI_DATA_DIR points at real TLC months when there are some)
 
 test-unit: setup  ## the fast loop: tests/unit only (no servers, no subprocesses, no registry; under a minute)
 	$(PY) -m pytest tests/unit
 
-test-core: setup  ## every test but Prefect's and the README runs, in the core install (which has no Prefect)
-	$(PY) -m pytest --ignore=tests/integration/test_orchestration.py --ignore=tests/integration/test_readme.py
+test-core: setup  ## the integration tests but Prefect's and the README runs, in the core install (which has no Prefect)
+	$(PY) -m pytest tests/integration --ignore=tests/integration/test_orchestration.py --ignore=tests/integration/test_readme.py
 
 # The README runs are here because some of their blocks install the extra offline, from uv's cache, which this
 # target's first line has filled.

@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 from benchmarks import Table
+from ride_duration.settings import PROJECT_ROOT, child_environment, export
 
-ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC_RIDES = 3_000_000
 REAL_MONTH = ("green", 2021, 3)
 SYNTHETIC_MONTH = ("yellow", 2022, 1)
@@ -104,7 +104,12 @@ print("LAUNCHER " + json.dumps(report), file=sys.stderr)
 def run_measured(command: list[str], env: dict) -> tuple[str, float, float]:
     """Run one command in its own process: (stdout, wall seconds, peak RSS in MB)."""
     run = subprocess.run(
-        [sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900
+        [sys.executable, "-c", LAUNCHER, *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PROJECT_ROOT,
+        timeout=900,
     )
     reports = [line for line in run.stderr.splitlines() if line.startswith("LAUNCHER ")]
     report = json.loads(reports[-1][len("LAUNCHER ") :]) if reports else {"exit": run.returncode}
@@ -128,8 +133,9 @@ def prepare_model(folder: Path) -> str:
     from ride_duration.data import read_month, training_rides
     from ride_duration.model import artifact_uri
 
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    tracking_uri = f"sqlite:///{folder / 'mlflow.db'}"
+    export({"MLFLOW_TRACKING_URI": tracking_uri})  # for the child processes that load the model
+    mlflow.set_tracking_uri(tracking_uri)
     mlflow.create_experiment(train.EXPERIMENT, artifact_location=(folder / "artifacts").as_uri())
     train.setup_tracking()
     rides = training_rides(read_month("green", 2021, 1, synthetic="fallback"), "green")
@@ -198,7 +204,7 @@ def run() -> list[Table]:
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         folder = Path(tmp)
         model_uri = prepare_model(folder)
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = child_environment({"PYTHONPATH": str(PROJECT_ROOT)})
         for label, taxi_type, year, month, path in months_to_score(folder):
             outputs = {way: folder / f"{way}.parquet" for way in ("course", "ours", "floor")}
             ways = {
@@ -220,7 +226,7 @@ def run() -> list[Table]:
                 "ours": (
                     [
                         sys.executable,
-                        str(ROOT / "scripts" / "score.py"),
+                        str(PROJECT_ROOT / "scripts" / "score.py"),
                         "--taxi-type",
                         taxi_type,
                         "--year",

@@ -1,23 +1,28 @@
-"""Streaming: records/s end to end through local Kinesis, our handler beside the course's, and the
-cold start (import + model load) of each.
+"""Streaming: records/s end to end through local Kinesis, our handler beside the course's and beside
+the floor, the handler's own cost per record in-process, and the cold start (import + model load).
 
-Both handlers get the same records from the same input stream, through the same local
+Every handler gets the same records from the same input stream, through the same local
 event-source runner (streaming/runner.py, batches of 100 as Lambda's default), each writing to
-its own predictions stream; the clock runs from the runner's start to its last checkpoint, with
+its own output stream; the clock runs from the runner's start to its last checkpoint, with
 the model already loaded. The course's handler (benchmarks/course_lambda_function.py) predicts
 and `put_record`s one record at a time; ours predicts the batch at once and writes it with
-`put_records`. Cold starts are measured in fresh interpreters. The benchmark starts its own
+`put_records`. The floor is a handler that copies each record's data unchanged to its output
+stream with the same `put_records`: what the runner and local Kinesis cost by themselves, which
+no handler can beat. Cold starts are measured in fresh interpreters. The benchmark starts its own
 moto_server and stops it; counts and times are bounded.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import Table
@@ -28,6 +33,8 @@ BATCH_SIZE = 100
 BIG_BATCH_SIZE = 500  # what the event-source mapping's BatchSize can be raised to; ours gains, the course's cannot
 MAX_SECONDS = 120  # per handler run
 COLD_START_REPEATS = 3
+IN_PROCESS_REPEATS = 5  # passes over the records in-process; the fastest counts
+FLOOR_TARGET = 0.85  # ours should move at least this share of the floor's records/s
 
 COLD_START_PROBE = """
 import json, sys, time
@@ -39,7 +46,7 @@ print(json.dumps([imported - started, time.perf_counter() - imported]))
 """
 OURS = {
     "imports": "sys.path.insert(0, {streaming!r}); import lambda_function",
-    "load": "lambda_function.served_model(); lambda_function.kinesis_client()",
+    "load": "container = lambda_function.container(); container.service.load(); container.kinesis_client()",
 }
 COURSE = {
     "imports": "import base64, json, os, boto3, mlflow",  # the course module's own imports
@@ -78,6 +85,37 @@ def drive(handler, stream: str, checkpoint: Path, batch_size: int = BATCH_SIZE) 
     return marks[-1] - started, report.records
 
 
+def copy_records(client, stream: str):
+    """The floor: a handler that writes each record's data, unchanged, to `stream` with put_records."""
+    from ride_duration.kinesis import put_records
+
+    def handler(event, context):
+        entries = [
+            {"Data": base64.b64decode(r["kinesis"]["data"]), "PartitionKey": r["kinesis"]["partitionKey"]}
+            for r in event["Records"]
+        ]
+        if put_records(client, stream, entries):
+            raise RuntimeError(f"{stream} kept rejecting records")
+        return {"batchItemFailures": []}
+
+    return handler
+
+
+def our_container(model: Path, predictions_stream: str):
+    """A fresh container (it remembers nothing written) with the model loaded and the client made."""
+    import lambda_function
+
+    from ride_duration.settings import Settings
+
+    settings = dataclasses.replace(
+        Settings.from_environ(), model_uri=model.as_uri(), predictions_stream_name=predictions_stream, dry_run=False
+    )
+    container = lambda_function.Container.from_settings(settings)
+    container.service.load()
+    container.kinesis_client()
+    return container
+
+
 def throughput(folder: Path, model: Path) -> Table:
     import boto3
     import consumer
@@ -87,35 +125,32 @@ def throughput(folder: Path, model: Path) -> Table:
     from ride_duration.data import read_month
 
     kinesis = boto3.client("kinesis")
-    rides_in, course_out, ours_out, ours_big_out = streams = (
+    rides_in, course_out, ours_out, ours_big_out, floor_out, floor_big_out = streams = (
         "ride_events",
         "course_predictions",
         "our_predictions",
         "our_predictions_big_batches",
+        "floor_copies",
+        "floor_copies_big_batches",
     )
     for name in streams:
         deploy.ensure_stream(kinesis, name)
     month = read_month("green", 2021, 2, synthetic="fallback")
-    producer.send(kinesis, rides_in, producer.ride_events(month, 2021, 2, N_RECORDS))
+    events = producer.ride_events(month, 2021, 2, N_RECORDS)
+    producer.send(kinesis, rides_in, events)
 
     os.environ.update({"MODEL_LOCATION": str(model), "PREDICTIONS_STREAM_NAME": course_out})
     from benchmarks import course_lambda_function  # loads its model at import, as in the course
 
     course_seconds, course_records = drive(course_lambda_function.lambda_handler, rides_in, folder / "course.json")
-
-    import lambda_function
-
-    def warm_container(predictions_stream: str) -> None:
-        """A fresh container (it remembers nothing written) with the model loaded and the client made."""
-        os.environ.update({"MODEL_URI": model.as_uri(), "PREDICTIONS_STREAM_NAME": predictions_stream})
-        lambda_function.reset_container()
-        lambda_function.served_model()
-        lambda_function.kinesis_client()
-
-    warm_container(ours_out)
-    ours_seconds, ours_records = drive(lambda_function.lambda_handler, rides_in, folder / "ours.json")
-    warm_container(ours_big_out)
-    big_seconds, big_records = drive(lambda_function.lambda_handler, rides_in, folder / "ours-big.json", BIG_BATCH_SIZE)
+    floor_seconds, floor_records = drive(copy_records(kinesis, floor_out), rides_in, folder / "floor.json")
+    ours_seconds, ours_records = drive(our_container(model, ours_out).handle, rides_in, folder / "ours.json")
+    floor_big_seconds, floor_big_records = drive(
+        copy_records(kinesis, floor_big_out), rides_in, folder / "floor-big.json", BIG_BATCH_SIZE
+    )
+    big_seconds, big_records = drive(
+        our_container(model, ours_big_out).handle, rides_in, folder / "ours-big.json", BIG_BATCH_SIZE
+    )
 
     course = {
         p["prediction"]["ride_id"]: p["prediction"]["ride_duration"]
@@ -133,32 +168,101 @@ def throughput(folder: Path, model: Path) -> Table:
             raise RuntimeError(
                 f"the handlers disagree: {len(course)} vs {len(ours)} predictions for {N_RECORDS} records"
             )
+    sent = sorted(json.dumps(e).encode() for e in events)
+    for stream, records in ((floor_out, floor_records), (floor_big_out, floor_big_records)):
+        copied = sorted(read_data(kinesis, stream))
+        if copied != sent or records != N_RECORDS:
+            raise RuntimeError(f"the floor handler copied {len(copied)} of {N_RECORDS} records, or changed them")
 
-    course_rate, ours_rate, big_rate = (N_RECORDS / s for s in (course_seconds, ours_seconds, big_seconds))
+    course_rate, ours_rate, big_rate, floor_rate, floor_big_rate = (
+        N_RECORDS / s for s in (course_seconds, ours_seconds, big_seconds, floor_seconds, floor_big_seconds)
+    )
     return Table(
         title=f"Streaming: records/s end to end through local Kinesis (moto_server), batches of {BATCH_SIZE}",
-        headers=["handler", "records", "seconds", "records/s", "vs course"],
+        headers=["handler", "records", "seconds", "records/s", "vs course", "vs floor"],
         rows=[
-            ["course: predict + put_record per record", N_RECORDS, course_seconds, course_rate, "1x"],
+            ["course: predict + put_record per record", N_RECORDS, course_seconds, course_rate, "1x", ""],
             [
                 "ours: one predict + put_records per batch",
                 N_RECORDS,
                 ours_seconds,
                 ours_rate,
                 f"{ours_rate / course_rate:.1f}x",
+                f"{ours_rate / floor_rate:.0%}",
             ],
+            ["floor: copy each record's data + put_records", N_RECORDS, floor_seconds, floor_rate, "", "100%"],
             [
                 f"ours, batches of {BIG_BATCH_SIZE} (BatchSize={BIG_BATCH_SIZE})",
                 N_RECORDS,
                 big_seconds,
                 big_rate,
                 f"{big_rate / course_rate:.1f}x",
+                f"{big_rate / floor_big_rate:.0%}",
             ],
+            [f"floor, batches of {BIG_BATCH_SIZE}", N_RECORDS, floor_big_seconds, floor_big_rate, "", "100%"],
         ],
         note=(
             f"Same {N_RECORDS:,} rides of green 2021-02 ({month.attrs.get('source')}), same runner, model already loaded; "
-            "both handlers' predictions checked equal to 1e-9."
+            "both handlers' predictions checked equal to 1e-9, the floor's copies checked equal to the input. "
+            f"Target: ours at least {FLOOR_TARGET:.0%} of the floor at the same batch size."
         ),
+    )
+
+
+def read_data(kinesis, stream: str) -> list[bytes]:
+    from ride_duration.kinesis import read_stream
+
+    return [record["Data"] for record in read_stream(kinesis, stream, idle_seconds=0.5)]
+
+
+class NullKinesis:
+    """A Kinesis client that accepts every record and does nothing: the handler's own cost, without I/O."""
+
+    def put_records(self, StreamName, Records):
+        return {"FailedRecordCount": 0, "Records": [{} for _ in Records]}
+
+
+def in_process(model: Path) -> Table:
+    """Microseconds per record spent in the handler itself (decode, validate, predict, encode, entries)."""
+    import lambda_function
+    import producer
+    import runner
+
+    from ride_duration.data import read_month
+
+    events = producer.ride_events(read_month("green", 2021, 2, synthetic="fallback"), 2021, 2, N_RECORDS)
+    arrival = datetime.now(UTC)
+    batches = []
+    for start in range(0, N_RECORDS, BATCH_SIZE):
+        records = [
+            {
+                "Data": json.dumps(e).encode(),
+                "PartitionKey": e["ride_id"],
+                "SequenceNumber": str(10**20 + start + i),
+                "ApproximateArrivalTimestamp": arrival,
+            }
+            for i, e in enumerate(events[start : start + BATCH_SIZE])
+        ]
+        batches.append(runner.lambda_event(records, "shardId-000000000000", "arn:aws:kinesis:us-east-1:0:stream/in"))
+    warm = our_container(model, "unused")
+    rows = []
+    for name, make_handler in (
+        ("ours", lambda: lambda_function.Container(warm.settings, warm.service, NullKinesis()).handle),
+        ("floor: copy each record's data", lambda: copy_records(NullKinesis(), "unused")),
+    ):
+        best = float("inf")
+        for _ in range(IN_PROCESS_REPEATS):
+            handler = make_handler()  # a fresh container: nothing remembered as written
+            started = time.perf_counter()
+            for event in batches:
+                handler(event, None)
+            best = min(best, time.perf_counter() - started)
+        rows.append([name, N_RECORDS, 1e6 * best / N_RECORDS])
+    return Table(
+        title=f"Streaming: the handler's own cost in-process (no Kinesis), batches of {BATCH_SIZE}",
+        headers=["handler", "records", "microseconds per record"],
+        rows=rows,
+        note=f"Fastest of {IN_PROCESS_REPEATS} passes; the output client accepts every record and does nothing.",
     )
 
 
@@ -216,7 +320,7 @@ def run() -> list[Table]:
             os.environ.update(local_stack.aws_env(f"http://{local_stack.HOST}:{port}"))
             os.environ.pop("DRY_RUN", None)
             model = save_model(folder)
-            return [throughput(folder, model), cold_starts(folder, model)]
+            return [throughput(folder, model), in_process(model), cold_starts(folder, model)]
         finally:
             os.environ.clear()
             os.environ.update(saved)

@@ -18,18 +18,20 @@ import ast
 import hashlib
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+
+from ride_duration.rides import EXAMPLE_RIDE
+from ride_duration.settings import Settings, exported
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MODEL_DIR = HERE / "model"
 MODEL_SHA256 = "8c2b16dcfcbd4458fd7ad4fc7c4bb43e41638591a7e78029282a1abb6831c7ee"  # of model/model.pkl
-EXAMPLE_RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40.0}  # the course's
 SAMPLE_EVENT = ROOT / "streaming" / "events" / "kinesis-sample.json"
 STREAM_SAMPLE = HERE / "stream-sample.jsonl"
 BACKFILL_MONTHS = [(2021, m) for m in range(1, 6)]
@@ -140,22 +142,19 @@ def registry_answer() -> str:
 
     from ride_duration.model import load_model
 
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    settings = Settings.from_environ()
     try:
         with tempfile.TemporaryDirectory() as folder:
-            registry_steps.make_store(Path(folder) / "store")
-            production = load_model(f"models:/{registry_steps.NAME}@production").registered_version.split("/")[1]
+            store = replace(settings, mlflow_tracking_uri=registry_steps.make_store(Path(folder) / "store"))
+            production = load_model(f"models:/{registry_steps.NAME}@production", settings=store)
             try:
-                previous = MlflowClient().get_model_version_by_alias(registry_steps.NAME, "previous").version
-                said = f"previous is version {previous}"
+                previous = MlflowClient(store.tracking_uri).get_model_version_by_alias(registry_steps.NAME, "previous")
+                said = f"previous is version {previous.version}"
             except MlflowException:
                 said = "previous names no version"
     finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-        if saved is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
-        mlflow.set_tracking_uri(saved or "")  # make_store pointed MLflow itself at the throwaway store
-    return f"production is version {production}; {said}"
+        mlflow.set_tracking_uri(settings.tracking_uri)  # make_store pointed MLflow itself at the throwaway store
+    return f"production is version {production.registered_version.split('/')[1]}; {said}"
 
 
 def stream_answer() -> str:
@@ -171,7 +170,7 @@ def stream_answer() -> str:
     from ride_duration import local_stack
     from ride_duration.kinesis import read_stream
 
-    settings = {
+    handler_environment = {
         **local_stack.LOCAL_AWS_ENV,
         "MODEL_URI": str(MODEL_DIR),
         "PREDICTIONS_STREAM_NAME": "homework_predictions",
@@ -179,30 +178,27 @@ def stream_answer() -> str:
     with tempfile.TemporaryDirectory() as folder:
         port = local_stack.free_port()
         moto = local_stack.start_moto(port, Path(folder) / "moto.log")
-        saved = {name: os.environ.get(name) for name in [*settings, "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"]}
+        moto_environment = local_stack.aws_env(f"http://{local_stack.HOST}:{port}")
         try:
-            os.environ.update({**settings, **local_stack.aws_env(f"http://{local_stack.HOST}:{port}")})
-            lambda_function.reset_container()
-            kinesis = boto3.client("kinesis")
-            for stream in ("homework_events", "homework_predictions"):
-                kinesis.create_stream(StreamName=stream, ShardCount=1)
-                kinesis.get_waiter("stream_exists").wait(StreamName=stream)
-            send_events.send(kinesis, "homework_events", STREAM_SAMPLE)
-            checkpoint = Path(folder) / "checkpoint.json"
-            runner.run(
-                lambda_function.lambda_handler,
-                runner.RunnerSettings(stream="homework_events", checkpoint=checkpoint, idle_seconds=1.0),
-                client=kinesis,
-                log=lambda line: None,
-            )
-            predictions = len(list(read_stream(kinesis, "homework_predictions", max_seconds=30, idle_seconds=1.0)))
-            failures = len(checkpoint.with_suffix(".failures.jsonl").read_text().splitlines())
+            # The handler reads its settings from the environment, as on Lambda: set them for this run only.
+            with exported({**handler_environment, **moto_environment}):
+                lambda_function.reset_container()
+                kinesis = boto3.client("kinesis")
+                for stream in ("homework_events", "homework_predictions"):
+                    kinesis.create_stream(StreamName=stream, ShardCount=1)
+                    kinesis.get_waiter("stream_exists").wait(StreamName=stream)
+                send_events.send(kinesis, "homework_events", STREAM_SAMPLE)
+                checkpoint = Path(folder) / "checkpoint.json"
+                runner.run(
+                    lambda_function.lambda_handler,
+                    runner.RunnerSettings(stream="homework_events", checkpoint=checkpoint, idle_seconds=1.0),
+                    client=kinesis,
+                    log=lambda line: None,
+                )
+                predictions = len(list(read_stream(kinesis, "homework_predictions", max_seconds=30, idle_seconds=1.0)))
+                failures = len(checkpoint.with_suffix(".failures.jsonl").read_text().splitlines())
         finally:
             lambda_function.reset_container()
-            for name, value in saved.items():
-                os.environ.pop(name, None)
-                if value is not None:
-                    os.environ[name] = value
             local_stack.stop(moto)
     return f"{predictions} predictions, {failures} failures"
 

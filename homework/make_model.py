@@ -11,13 +11,15 @@ unless you mean to publish a new homework model and its checksum.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from answers import model_sha256
 from sklearn.linear_model import LinearRegression
+
+from ride_duration.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 MODEL_DIR = HERE / "model"
@@ -30,8 +32,8 @@ def main() -> None:
 
     rides = training_rides(read_month("green", 2021, 1, allow_download=False), "green")
     with tempfile.TemporaryDirectory() as store:
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
-        train.setup_tracking("homework")
+        settings = replace(Settings.from_environ(), mlflow_tracking_uri=f"sqlite:///{store}/mlflow.db")
+        train.setup_tracking("homework", settings)
         pipeline = train.fit(train.make_pipeline(LinearRegression()), rides)
         info = train.log_pipeline(
             pipeline,
@@ -39,7 +41,7 @@ def main() -> None:
             metrics={},
             tags={"data_source": "tlc", "purpose": "homework"},
         )
-        source = Path(artifact_uri(f"models:/{info.model_id}")[len("file://") :])
+        source = Path(artifact_uri(f"models:/{info.model_id}", settings)[len("file://") :])
         shutil.rmtree(MODEL_DIR, ignore_errors=True)
         shutil.copytree(source, MODEL_DIR)
     print(f"homework model {info.model_id} in {MODEL_DIR}\nsha256(model.pkl) = {model_sha256()}")

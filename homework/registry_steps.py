@@ -11,9 +11,11 @@ say which version each alias names at the end, then ask the store (homework/READ
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+from ride_duration.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 NAME = "ride-duration"
@@ -45,7 +47,8 @@ def release_steps(client, register) -> None:
 
 
 def make_store(folder: Path) -> str:
-    """Run the steps in a new store in folder; returns its tracking URI."""
+    """Run the steps in a new store in folder (whatever store the shell names); returns its tracking URI.
+    MLflow's own tracking URI is left pointing at the new store."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -54,8 +57,7 @@ def make_store(folder: Path) -> str:
 
     folder.mkdir(parents=True)
     uri = f"sqlite:///{folder.resolve() / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # this store, whatever the shell had set
-    train.setup_tracking(EXPERIMENT)
+    train.setup_tracking(EXPERIMENT, replace(Settings.from_environ(), mlflow_tracking_uri=uri))
     logged = train.log_pipeline(
         load_model(str(HERE / "model")).pipeline, params={}, metrics={}, tags={"purpose": "homework"}
     )

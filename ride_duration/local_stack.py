@@ -19,6 +19,8 @@ from pathlib import Path
 
 import requests
 
+from ride_duration.settings import child_environment
+
 HOST = "127.0.0.1"
 # Dummy credentials and a region: moto accepts anything, boto3 insists on having some.
 LOCAL_AWS_ENV = {
@@ -69,7 +71,7 @@ def start(command: list[str], log: Path, health_url: str, env: dict | None = Non
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            env=child_environment(env),
             cwd=cwd,
             start_new_session=True,
         )

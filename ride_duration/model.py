@@ -94,7 +94,8 @@ def load_model(uri: str, *, without_sklearn: bool = False, settings: Settings | 
     except ModelLoadError:
         raise
     except Exception as error:
-        raise ModelLoadError(f"cannot load model {uri}: {type(error).__name__}: {error}") from error
+        reason = " ".join(str(error).split())  # one line, whatever the library's message looked like
+        raise ModelLoadError(f"cannot load model {uri}: {type(error).__name__}: {reason}") from error
 
 
 def load_model_folder(folder: Path, uri: str | None = None, *, without_sklearn: bool = False) -> LoadedModel:
@@ -214,11 +215,12 @@ def _registered_version(uri: str, tracking: str) -> str | None:
     return f"{name}/{version}" if version.isdigit() else None
 
 
-def artifact_uri(model_uri: str) -> str:
-    """Where a registered model's files are stored (s3://... in server mode), asked of MLflow."""
+def artifact_uri(model_uri: str, settings: Settings | None = None) -> str:
+    """Where a registered model's files are stored (s3://... in server mode), asked of the tracking store
+    that `settings` names (default: the environment's)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri())
+    client = MlflowClient(tracking_uri(settings))
     path = model_uri[len("models:/") :]
     if path.startswith("m-"):
         return client.get_logged_model(path).artifact_location

@@ -44,13 +44,14 @@ def validate_ride(ride) -> dict:
     clean = {}
     for field in ("PULocationID", "DOLocationID"):
         value = ride[field]
-        if isinstance(value, bool) or not isinstance(value, Integral):
+        # type() first: JSON gives exact ints and floats, and the abstract isinstance checks cost more
+        if type(value) is not int and (isinstance(value, bool) or not isinstance(value, Integral)):
             raise BadRide(f"{field} must be an integer zone id, got {value!r}")
         if not 1 <= value <= MAX_LOCATION_ID:
             raise BadRide(f"{field} must be between 1 and {MAX_LOCATION_ID}, got {value}")
         clean[field] = int(value)
     distance = ride["trip_distance"]
-    if isinstance(distance, bool) or not isinstance(distance, Real):
+    if type(distance) not in (float, int) and (isinstance(distance, bool) or not isinstance(distance, Real)):
         raise BadRide(f"trip_distance must be a number of miles, got {distance!r}")
     distance = float(distance)
     if not math.isfinite(distance) or not 0 <= distance <= MAX_TRIP_DISTANCE:

@@ -12,7 +12,8 @@ in sync.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -147,6 +148,28 @@ def markdown_table(group: str) -> str:
 def export(values: Mapping[str, str]) -> None:
     """Set variables in this process's environment, for the libraries that read it themselves (boto3, MLflow)."""
     os.environ.update(values)
+
+
+def export_defaults(values: Mapping[str, str]) -> None:
+    """Set the variables this process's environment does not set yet: its own values win (Prefect's settings)."""
+    for name, value in values.items():
+        os.environ.setdefault(name, value)
+
+
+@contextmanager
+def exported(values: Mapping[str, str]) -> Iterator[None]:
+    """`export(values)` inside the block only, then the environment as it was (unset names unset again):
+    for code run in-process that reads the environment itself, such as a Lambda handler."""
+    saved = {name: os.environ.get(name) for name in values}
+    export(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:

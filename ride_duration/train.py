@@ -14,6 +14,7 @@ import numpy as np
 
 from ride_duration.features import frame_features
 from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL, quiet_mlflow, tracking_uri
+from ride_duration.settings import Settings
 
 EXPERIMENT = "ride-duration"
 # Pinned so that logging does not infer requirements (slow) and the model records what it needs.
@@ -32,15 +33,16 @@ def sqlite_artifact_location(uri: str) -> str | None:
     return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
 
 
-def setup_tracking(experiment: str = EXPERIMENT) -> str:
-    """Point MLflow at the tracking store and make sure the experiment exists; returns its id.
+def setup_tracking(experiment: str = EXPERIMENT, settings: Settings | None = None) -> str:
+    """Point MLflow at the tracking store `settings` names (default: the environment's) and make sure the
+    experiment exists; returns its id. The steps below then log to, and search, that store.
 
     In embedded mode the artifacts go to mlartifacts/ beside the database; in server mode the
     server decides (an s3:// root on the local S3 endpoint).
     """
     import mlflow
 
-    uri = tracking_uri()
+    uri = tracking_uri(settings)
     mlflow.set_tracking_uri(uri)
     with quiet_mlflow():  # the first call creates a new store's tables
         existing = mlflow.get_experiment_by_name(experiment)
@@ -177,17 +179,18 @@ def version_model_id(version) -> str:
     return version.model_id or version.source.removeprefix("models:/")
 
 
-def judge(candidate, champion, metric: str) -> tuple[bool, str, float | None]:
-    """(promote?, why, the champion's RMSE on the candidate's data) for a candidate run against a champion."""
-    import mlflow
-
-    from ride_duration.model import load_model
-
+def judge(candidate, champion, metric: str, settings: Settings | None = None) -> tuple[bool, str, float | None]:
+    """(promote?, why, the champion's RMSE on the candidate's data) for a candidate run against a champion;
+    `settings` names the tracking store the champion is loaded from."""
     data, rmse_new = validation_data(candidate), candidate.data.metrics[metric]
     if champion is None:
         return True, "no version had the alias yet", None
     if version_model_id(champion) == candidate.outputs.model_outputs[0].model_id:
         return False, "the best comparable run is already the champion", None
+    import mlflow
+
+    from ride_duration.model import load_model
+
     champion_run = mlflow.get_run(champion.run_id)
     champion_data = validation_data(champion_run)
     if champion_data["data_source"] == REAL_DATA and data["data_source"] != REAL_DATA:
@@ -205,7 +208,7 @@ def judge(candidate, champion, metric: str) -> tuple[bool, str, float | None]:
         rmse_old = champion_run.data.metrics[metric]
     else:
         try:
-            rmse_old = rmse_on(load_model(f"models:/{version_model_id(champion)}").pipeline, data)
+            rmse_old = rmse_on(load_model(f"models:/{version_model_id(champion)}", settings=settings).pipeline, data)
         except Exception as error:  # the data or the champion cannot be had: keep what serves now
             reason = " ".join(f"{type(error).__name__}: {error}".split())
             return False, f"the champion could not be evaluated on {describe_data(data)}: {reason}", None
@@ -219,7 +222,11 @@ def judge(candidate, champion, metric: str) -> tuple[bool, str, float | None]:
 
 
 def register_best(
-    experiment: str = EXPERIMENT, name: str = REGISTERED_MODEL, alias: str = PRODUCTION_ALIAS, metric: str = "val_rmse"
+    experiment: str = EXPERIMENT,
+    name: str = REGISTERED_MODEL,
+    alias: str = PRODUCTION_ALIAS,
+    metric: str = "val_rmse",
+    settings: Settings | None = None,
 ) -> Promotion:
     """Register the best comparable run's model and point `alias` at it, if it beats the champion honestly.
 
@@ -228,13 +235,14 @@ def register_best(
     real data, or if the candidate's RMSE is lower on the same data (the champion is re-evaluated on
     the candidate's validation month when it was validated on another one). A model on synthetic data
     never replaces one on real data. A promoted version carries tags and a description saying why.
+    Runs are searched in the store setup_tracking chose; `settings` must name the same one.
     """
     import mlflow
     from mlflow import MlflowClient
 
     candidate = best_run(experiment, metric)
     champion = current_champion(name, alias)
-    promote, reason, champion_rmse = judge(candidate, champion, metric)
+    promote, reason, champion_rmse = judge(candidate, champion, metric, settings)
     result = Promotion(
         promote,
         reason,
@@ -272,12 +280,12 @@ def register_best(
     return result
 
 
-def model_data(model_id: str) -> dict:
+def model_data(model_id: str, settings: Settings | None = None) -> dict:
     """What the run that logged this model trained and validated on: taxi_type, train_month, val_month,
-    data_source (None where unknown, e.g. a model from another tracking store)."""
+    data_source (None where unknown, e.g. a model from another tracking store than the one `settings` names)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri())
+    client = MlflowClient(tracking_uri(settings))
     try:
         run = client.get_run(client.get_logged_model(model_id).source_run_id)
     except Exception:  # not a model id, or not this tracking store's

@@ -16,7 +16,8 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from ride_duration.settings import PROJECT_ROOT as ROOT
+
 NOTEBOOK_ONLY_TAG = "notebook-only"
 # notebook -> the script exported from it
 EXPORTS = {

@@ -5,7 +5,7 @@
     python scripts/local_stack.py status
     python scripts/local_stack.py stop
 
-Logs and process ids live in .local-stack/ ($LOCAL_STACK_DIR if set). The MLflow server keeps its
+Logs and process ids live in .local-stack/ ($LOCAL_STACK_DIR if set; the ports are $MOTO_PORT and $MLFLOW_PORT). The MLflow server keeps its
 runs and registry in .local-stack/mlflow-server.db and its artifacts in s3://mlflow-artifacts on
 moto_server. moto keeps everything in memory, so `stop` first saves every S3 bucket to
 .local-stack/s3/ and `start` puts them back: registered models still load after a restart. Other
@@ -17,15 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from ride_duration import local_stack
+from ride_duration.settings import Settings, export
 
-ROOT = Path(__file__).resolve().parents[1]
-STATE = Path(os.environ.get("LOCAL_STACK_DIR", ROOT / ".local-stack"))
+SETTINGS = Settings.from_environ()
+STATE = SETTINGS.local_stack_dir
 SAVED_S3 = STATE / "s3"
-MOTO_PORT = int(os.environ.get("MOTO_PORT", 4566))
-MLFLOW_PORT = int(os.environ.get("MLFLOW_PORT", 5000))
+MOTO_PORT = SETTINGS.moto_port
+MLFLOW_PORT = SETTINGS.mlflow_port
 MOTO_URL = f"http://{local_stack.HOST}:{MOTO_PORT}"
 MLFLOW_URL = f"http://{local_stack.HOST}:{MLFLOW_PORT}"
 
@@ -48,8 +48,8 @@ def pid_of(name: str) -> int | None:
 
 
 def start() -> None:
-    STATE.mkdir(exist_ok=True)
-    os.environ.update(local_stack.aws_env(MOTO_URL))
+    STATE.mkdir(parents=True, exist_ok=True)
+    export(local_stack.aws_env(MOTO_URL))
     if pid_of("moto") is None:
         process = local_stack.start_moto(MOTO_PORT, STATE / "moto.log")
         (STATE / "moto.pid").write_text(str(process.pid))
@@ -86,7 +86,7 @@ def stop() -> None:
             continue
         if name == "moto":
             url_file = STATE / "moto.url"
-            os.environ.update(local_stack.aws_env(url_file.read_text() if url_file.exists() else MOTO_URL))
+            export(local_stack.aws_env(url_file.read_text() if url_file.exists() else MOTO_URL))
             try:
                 saved = local_stack.save_buckets(SAVED_S3)
             except Exception as error:

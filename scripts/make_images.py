@@ -15,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from ride_duration.settings import PROJECT_ROOT as ROOT
+
 IMAGES = ROOT / "images"
 
 # One colour per kind of thing, the same in every diagram.

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
-import tempfile
-import uuid
 from datetime import date
 from pathlib import Path
 
 import botocore.exceptions
 
 from ride_duration import local_stack
-from ride_duration.batch import default_output, is_s3, open_month, output_info_for, publish
-from ride_duration.data import PROJECT_ROOT
+from ride_duration.batch import (
+    default_output,
+    is_s3,
+    month_range,
+    open_month,
+    output_info_for,
+    publish,
+    staging_path,
+)
+from ride_duration.data import TAXI_TYPES, month_label
+from ride_duration.settings import DEFAULT_MODEL_URI, PROJECT_ROOT, Settings, export_defaults
 
 
 PREFECT_HOME = PROJECT_ROOT / ".prefect"  # the local server's sqlite database; ignored by git
@@ -40,8 +46,7 @@ def server_command(port: int = LOCAL_PORT) -> list[str]:
 
 
 if __name__ == "__main__":  # the command line: the local server's settings unless the environment has its own
-    for name, value in local_prefect_env().items():
-        os.environ.setdefault(name, value)
+    export_defaults(local_prefect_env())
 
 
 sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
@@ -49,7 +54,7 @@ from prefect import flow, serve, task
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from prefect.schedules import Cron
-from score import month_range, score_month  # the batch scorer, exported from notebooks/score.ipynb
+from score import score_month  # the batch scorer, exported from notebooks/score.ipynb
 
 
 MONTHLY_CRON = "0 6 2 * *"  # 06:00 UTC on the 2nd of every month
@@ -108,19 +113,10 @@ def score_to_staging(taxi_type: str, year: int, month: int, model_uri: str, mont
 
 @task(name="write", **retry_transient)
 def publish_output(staging: str, destination: str, info: dict) -> str:
-    """Put the finished staging file at destination whole (same metadata as score.py's outputs)."""
+    """Upload the finished staging file to an s3:// destination whole (same metadata as score.py's outputs);
+    a local staging file is renamed into place as the flow's staging block ends."""
     publish(staging, destination, info)
     return destination
-
-
-def staging_file(destination: str) -> str:
-    """A fresh staging path: beside a local destination (publishing is then an atomic rename), else in the temp folder."""
-    folder = Path(tempfile.gettempdir()) if is_s3(destination) else Path(destination).resolve().parent
-    folder.mkdir(parents=True, exist_ok=True)
-    return str(folder / f".staging-{uuid.uuid4().hex}-{Path(destination).name}")
-
-
-DEFAULT_MODEL_URI = "models:/ride-duration@production"
 
 
 @flow(name="score-month", log_prints=True)
@@ -135,15 +131,12 @@ def score_month_flow(
     run_date = run_date or flow_run.scheduled_start_time.date()
     year, month = month_to_score(run_date)
     destination = default_output(taxi_type, year, month, output_root)
-    print(f"run date {run_date}: scoring {taxi_type} {year:04d}-{month:02d} into {destination}")
+    print(f"run date {run_date}: scoring {month_label(taxi_type, year, month)} into {destination}")
     month_input = read_month_input(taxi_type, year, month, synthetic)
-    staging = staging_file(destination)
-    try:
-        summary = score_to_staging(taxi_type, year, month, model_uri, month_input, staging)
+    with staging_path(destination) as staging:  # gone when the block ends, renamed into place if it finishes
+        summary = score_to_staging(taxi_type, year, month, model_uri, month_input, str(staging))
         info = output_info_for(summary["model_version"], taxi_type, year, month, summary["synthetic"])
-        publish_output(staging, destination, info)
-    finally:
-        Path(staging).unlink(missing_ok=True)
+        publish_output(str(staging), destination, info)
     print(f"scored {summary['rows']:,} rides with model {summary['model_version']} -> {destination}")
     return {**summary, "output": destination}
 
@@ -164,7 +157,7 @@ def backfill_flow(
             run_date_for(year, month), taxi_type, model_uri, output_root, synthetic, return_state=True
         )
         row = {
-            "month": f"{taxi_type}/{year:04d}-{month:02d}",
+            "month": month_label(taxi_type, year, month),
             "status": "failed",
             "rows": None,
             "output": None,
@@ -237,15 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_parser.add_argument(
         "--taxi-type",
-        choices=["green", "yellow"],
-        default="green",
-        help="which TLC trip records to score (default: green)",
+        choices=list(TAXI_TYPES),
+        default=TAXI_TYPES[0],
+        help=f"which TLC trip records to score (default: {TAXI_TYPES[0]})",
     )
     serve_parser.add_argument(
         "--model-uri",
-        default=os.environ.get("MODEL_URI", DEFAULT_MODEL_URI),
-        help="models:/..., or the artifact's s3:// or file:// URI "
-        "(default: $MODEL_URI, else models:/ride-duration@production)",
+        default=Settings.from_environ().model_uri,
+        help=f"models:/..., or the artifact's s3:// or file:// URI (default: $MODEL_URI, else {DEFAULT_MODEL_URI})",
     )
     serve_parser.add_argument(
         "--output-root",

@@ -16,9 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ROOT / "notebooks"
-RUNS = ROOT / "runs"
+from ride_duration.settings import PROJECT_ROOT
+
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
+RUNS = PROJECT_ROOT / "runs"
 
 
 def run_notebook(name: str, parameters: dict | None = None, output_dir: Path = RUNS) -> Path:
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
         except Exception as error:
             print(f"FAILED: {name}: {error}\n  executed copy: {RUNS / (name + '.ipynb')}", file=sys.stderr)
             return 1
-        print(f"  done in {time.perf_counter() - started:.1f}s -> {output.relative_to(ROOT)}", flush=True)
+        print(f"  done in {time.perf_counter() - started:.1f}s -> {output.relative_to(PROJECT_ROOT)}", flush=True)
         report(output)
     return 0
 

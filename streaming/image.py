@@ -22,9 +22,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 from ride_duration import local_stack
+from ride_duration.settings import PROJECT_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILE = ROOT / "streaming" / "Dockerfile"
+DOCKERFILE = PROJECT_ROOT / "streaming" / "Dockerfile"
 BASE_IMAGE_PACKAGES = ["boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3"]
 
 
@@ -53,17 +53,17 @@ def build(dest: Path) -> LambdaImage:
     task_root = dest / "task"
     for source, target in parts["copies"]:
         destination = task_root / (target or Path(source).name)
-        if (ROOT / source).is_dir():
+        if (PROJECT_ROOT / source).is_dir():
             shutil.copytree(
-                ROOT / source, destination, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+                PROJECT_ROOT / source, destination, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
             )
         else:
             destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(ROOT / source, destination)
+            shutil.copy(PROJECT_ROOT / source, destination)
     venv = dest / "venv"
     python = venv / "bin" / "python"
     uv = local_stack.uv_binary()
-    run = dict(cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
+    run = dict(cwd=PROJECT_ROOT, check=True, capture_output=True, text=True, timeout=600)
     subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], **run)
     subprocess.run(
         [uv, "pip", "install", "--quiet", "--python", str(python), "-r", str(task_root / parts["requirements"])], **run

@@ -3,8 +3,8 @@ would publish its events: {"ride": {...}, "ride_id": "2021/01_42"}.
 
     python streaming/producer.py --stream ride_events --year 2021 --month 1 -n 1000
 
-ride_id is f"{year:04d}/{month:02d}_{row_index}" (the row in the month's file), as in the batch
-scorer, so a prediction can be joined back to its ride. Records go out with put_records, 500 a
+ride_id is the ride's month and its row in the month's file (ride_duration.rides.ride_id), as in the
+batch scorer, so a prediction can be joined back to its ride. Records go out with put_records, 500 a
 call; the ride_id is the partition key, so one ride's events stay in order on one shard.
 """
 
@@ -14,19 +14,19 @@ import argparse
 import json
 import sys
 
-from ride_duration.data import RIDE_COLUMNS, read_month
+from ride_duration.data import read_month
 from ride_duration.kinesis import put_all
+from ride_duration.rides import RIDE_FIELDS, ride_id
 
 
 def ride_events(df, year: int, month: int, n_rides: int, start_row: int = 0) -> list[dict]:
-    """The input records for rows start_row .. start_row + n_rides of a month's frame."""
+    """The input records for rows start_row .. start_row + n_rides of a month's frame: each ride's fields
+    as JSON numbers (the month's columns are int64 and float64, so they stay integers and floats)."""
     rows = df.iloc[start_row : start_row + n_rides]
+    columns = [rows[name].to_numpy().tolist() for name in RIDE_FIELDS]
     return [
-        {
-            "ride": {"PULocationID": int(pu), "DOLocationID": int(do), "trip_distance": float(distance)},
-            "ride_id": f"{year:04d}/{month:02d}_{index}",
-        }
-        for index, pu, do, distance in zip(rows.index, *(rows[c].to_numpy() for c in RIDE_COLUMNS))
+        {"ride": dict(zip(RIDE_FIELDS, values)), "ride_id": ride_id(year, month, row)}
+        for row, *values in zip(rows.index.tolist(), *columns)
     ]
 
 

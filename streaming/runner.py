@@ -47,6 +47,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ride_duration.files import atomic_path
 from ride_duration.kinesis import POLL_SECONDS, put_records, shard_iterator, stream_shards
 
 HANDLER_TIMEOUT_SECONDS = 60  # what context.get_remaining_time_in_millis counts down from
@@ -110,8 +111,8 @@ class RunReport:
 
 
 class Checkpoint:
-    """Per shard, the sequence number of the last record handled. Written to a temporary file and
-    renamed over the old one, so that a crash leaves the old checkpoint or the new one, never half."""
+    """Per shard, the sequence number of the last record handled. Written atomically (and synced), so
+    that a crash leaves the old checkpoint or the new one, never half."""
 
     def __init__(self, path: Path, stream_arn: str, stream_created: str):
         self.path = Path(path)
@@ -131,13 +132,10 @@ class Checkpoint:
 
     def save(self, shard_id: str, sequence_number: str) -> None:
         self.shards[shard_id] = sequence_number
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(self.path.name + ".tmp")
-        with open(partial, "w") as out:
+        with atomic_path(self.path) as partial, open(partial, "w") as out:
             json.dump({**self.stream, "shards": self.shards}, out, indent=1)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(partial, self.path)
 
 
 class FailureDestination:
@@ -172,10 +170,8 @@ def replace_lines(path: Path, lines: list[str]) -> None:
     if not lines:
         path.unlink(missing_ok=True)
         return
-    partial = path.with_name(path.name + ".tmp")
-    partial.unlink(missing_ok=True)
-    append_lines(partial, lines)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        append_lines(partial, lines)
 
 
 class LocalContext:

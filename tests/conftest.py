@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from ride_duration import local_stack
-from tests.helpers import IN_CI, environment, has_real_month, tracking_store
+from ride_duration.settings import exported
+from tests.helpers import IN_CI, has_real_month, tracking_store
 
 # No test may reach real AWS: dummy credentials from the start; the moto fixture adds the endpoint.
 os.environ.update(local_stack.LOCAL_AWS_ENV)
@@ -41,7 +42,7 @@ def moto_url(logs_dir):
     process = local_stack.start_moto(port, logs_dir / "moto.log")
     url = f"http://{local_stack.HOST}:{port}"
     try:
-        with environment(local_stack.aws_env(url)):
+        with exported(local_stack.aws_env(url)):
             yield url
     finally:
         local_stack.stop(process)

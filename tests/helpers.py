@@ -11,6 +11,7 @@ import pytest
 
 from ride_duration import local_stack
 from ride_duration.data import month_filename
+from ride_duration.settings import exported
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI") == "true"
@@ -43,28 +44,12 @@ def real_green_months() -> list[tuple[int, int]]:
 
 
 @contextmanager
-def environment(values: dict):
-    """Set these environment variables inside the block (this process and its children), then
-    restore what was there before."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextmanager
 def tracking_store(uri: str):
     """Use this MLflow tracking URI (env and MLflow's global) inside the block, then restore both."""
     import mlflow
 
     saved = os.environ.get("MLFLOW_TRACKING_URI")
-    with environment({"MLFLOW_TRACKING_URI": uri}):
+    with exported({"MLFLOW_TRACKING_URI": uri}):
         mlflow.set_tracking_uri(uri)
         try:
             yield uri

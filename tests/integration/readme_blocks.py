@@ -27,6 +27,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The READMEs whose shell blocks are tests, in the order they run.
+READMES = ["README.md", "web-service/README.md", "streaming/README.md", "scripts/README.md", "homework/README.md"]
 SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
 DEFAULT_TIMEOUT = 300.0
 MARKER = re.compile(r"^\s*<!--\s*readme-test:\s*(?P<body>.*?)\s*-->\s*$")

@@ -1,41 +1,34 @@
-"""Batch scoring: notebooks/score.ipynb under papermill, its export scripts/score.py, the fast
-path on every real month, atomic output (local and S3 on moto_server), bad input, backfill."""
+"""Batch scoring end to end: notebooks/score.ipynb under papermill, its export `python scripts/score.py`,
+every real month bit-identical to pipeline.predict with the registered model, S3 output on moto_server
+(a failed or killed upload leaves nothing), a backfill over real months, notebook 05.
+
+The pure parts (ride ids, columns, month checks, the atomic write, scored_already, the backfill's
+decisions, the command line's checks) are tested with stand-in models in tests/unit/test_batch_*.py
+and tests/unit/test_score_adapter.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from ride_duration import batch, data
+from ride_duration.batch import months, output
 from ride_duration.data import add_duration, month_filename, read_month_file
-from ride_duration.features import FastPredictor, frame_features
+from ride_duration.features import frame_features
 from ride_duration.model import load_model
+from tests.batch_support import SCORE_PY, import_score, leftovers
 from tests.helpers import ROOT, real_green_months, require_real_months, tracking_store
 
-SCORE_PY = ROOT / "scripts" / "score.py"
-
-
-def import_score():
-    """scripts/score.py as a module (the exported code, not the notebook)."""
-    spec = importlib.util.spec_from_file_location("score", SCORE_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-score = import_score()
+score = import_score()  # test_promotion imports import_score from here too
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +63,11 @@ def run_script(*args, env=None, timeout=300):
     )
 
 
-def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
-
-
 # --- papermill and the exported script agree -------------------------------------------------
 
 
 def test_papermill_run_equals_script_row_for_row(registered_model, tmp_path):
-    """Done-when 1: score.ipynb under papermill and `python scripts/score.py` write the same rows."""
+    """notebooks/score.ipynb under papermill and `python scripts/score.py` write the same rows."""
     import papermill
 
     require_real_months(("green", 2021, 3))
@@ -141,7 +130,7 @@ def test_real_green_months_are_there():
 
 @pytest.mark.parametrize("year, month", real_green_months(), ids=lambda v: f"{v:02d}")
 def test_every_real_green_month_scores_bit_identical_to_pipeline(year, month, model, lean_model, tmp_path):
-    """Done-when 1 and 2: the month scores; each prediction equals pipeline.predict bit for bit.
+    """The month scores; each prediction equals pipeline.predict bit for bit.
 
     Scored as score.py does it (the model loaded without scikit-learn, the month never in pandas);
     the expected values come from scikit-learn's own pipeline and pandas' add_duration.
@@ -159,39 +148,6 @@ def test_every_real_green_month_scores_bit_identical_to_pipeline(year, month, mo
     assert np.array_equal(scored["diff"].to_numpy(), rides["duration"].to_numpy() - expected)
     assert scored["ride_id"].tolist() == [f"{year:04d}/{month:02d}_{i}" for i in range(len(rides))]
     assert np.array_equal(scored["PULocationID"].to_numpy(), rides["PULocationID"].to_numpy())
-
-
-@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
-@pytest.mark.parametrize("rows", [3, 4, 6], ids=["rides", "and a stray 2009 pickup", "and missing timestamps"])
-def test_durations_equal_pandas(unit, rows):
-    """duration_minutes is add_duration's arithmetic on int64 ticks, bit for bit: durations where
-    ticks / ticks_per_second would differ in the last bit (ms, us, ns), a stray pickup 13 years back
-    (beyond 2**53 ticks in nanoseconds, where pandas corrects the rounding) and missing timestamps."""
-    pickup = [
-        "2022-01-01 10:00:00",
-        "2022-01-01 11:00:00",
-        "2022-01-01 12:00:00",
-        "2009-01-01",
-        None,
-        "2022-01-31 23:59:59",
-    ]
-    dropoff = [
-        "2022-01-01 10:02:08.399883",
-        "2022-01-01 11:01:38.541891004",
-        "2022-01-01 12:00:04.940",
-        "2022-01-02 00:00:00.000000001",
-        "2022-01-01",
-        None,
-    ]
-    rides = pd.DataFrame(
-        {
-            "lpep_pickup_datetime": pd.to_datetime(pickup[:rows], format="ISO8601").as_unit(unit),
-            "lpep_dropoff_datetime": pd.to_datetime(dropoff[:rows], format="ISO8601").as_unit(unit),
-        }
-    )
-    got = batch.duration_minutes(pa.array(rides["lpep_pickup_datetime"]), pa.array(rides["lpep_dropoff_datetime"]))
-    expected = add_duration(rides, "green")["duration"].to_numpy()
-    assert np.array_equal(got, expected, equal_nan=True), (got, expected)
 
 
 def test_score_py_imports_neither_sklearn_nor_pandas(registered_model, tmp_path):
@@ -224,20 +180,12 @@ def test_small_batches_give_the_same_output_with_global_ride_ids(model, tmp_path
     """Reading by row group must not change a single row, nor restart the ride numbering."""
     require_real_months(("green", 2021, 3))
     whole = score.score_month("green", 2021, 3, model, str(tmp_path / "whole.parquet"))
-    monkeypatch.setattr(batch, "BATCH_ROWS", 10_000)
+    monkeypatch.setattr(months, "BATCH_ROWS", 10_000)
     batched = score.score_month("green", 2021, 3, model, str(tmp_path / "batched.parquet"))
     assert pq.ParquetFile(batched["output"]).metadata.num_row_groups == 9
     pd.testing.assert_frame_equal(
         batch.read_output(whole["output"]), batch.read_output(batched["output"]), check_exact=True
     )
-
-
-def test_synthetic_month_is_labelled(model, tmp_path, capsys):
-    result = score.score_month("green", 2021, 3, model, str(tmp_path / "synthetic.parquet"), synthetic=True)
-    assert result["synthetic"] and result["source"] == "synthetic"
-    assert "SYNTHETIC DATA" in capsys.readouterr().err
-    assert batch.read_output(result["output"]).attrs["synthetic"]
-    assert batch.output_info(result["output"])["synthetic"]
 
 
 # --- atomic output: S3 on moto_server, interrupted runs ----------------------------------------
@@ -253,7 +201,7 @@ def bucket(moto_url):
 
 
 def test_s3_output_on_moto(registered_model, model, bucket, tmp_path):
-    """Done-when 3: score.py writes s3:// through AWS_ENDPOINT_URL; same rows as a local run."""
+    """scripts/score.py writes s3:// through AWS_ENDPOINT_URL; same rows as a local run."""
     require_real_months(("green", 2021, 3))
     destination = f"s3://{bucket}/green/2021-03.parquet"
     run = run_script(
@@ -290,7 +238,7 @@ def test_failed_s3_upload_leaves_nothing(model, bucket, monkeypatch):
             client.meta.events.register(f"before-call.s3.{operation}", fail)
         return client
 
-    monkeypatch.setattr(batch, "s3_client", failing_client)
+    monkeypatch.setattr(output, "s3_client", failing_client)
     destination = f"s3://{bucket}/green/2021-03.parquet"
     with pytest.raises(Exception, match="injected"):
         score.score_month("green", 2021, 3, model, destination, synthetic=True)
@@ -362,46 +310,15 @@ def test_process_killed_mid_upload_leaves_nothing(registered_model, bucket, tmp_
     assert batch.output_info(destination) is None
 
 
-def test_local_failure_midway_leaves_nothing_and_keeps_previous_output(model, tmp_path, monkeypatch):
-    """A run failing after some batches are written: no file, no temporary left; an earlier output
-    of the month stays whole until a run succeeds, which then replaces it whole."""
-    destination = tmp_path / "month.parquet"
-    monkeypatch.setattr(batch, "BATCH_ROWS", 20_000)
-    calls = {"n": 0}
-    real_predict = FastPredictor.predict_arrays
-
-    def predict_then_fail(self, *columns):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("injected: scorer died on batch 3")
-        return real_predict(self, *columns)
-
-    monkeypatch.setattr(FastPredictor, "predict_arrays", predict_then_fail)
-    with pytest.raises(RuntimeError, match="injected"):
-        score.score_month("green", 2021, 3, model, str(destination), synthetic=True)
-    assert not destination.exists() and leftovers(tmp_path) == []
-
-    monkeypatch.setattr(FastPredictor, "predict_arrays", real_predict)
-    first = score.score_month("green", 2021, 3, model, str(destination), synthetic=True)
-    before = destination.read_bytes()
-    monkeypatch.setattr(FastPredictor, "predict_arrays", predict_then_fail)
-    calls["n"] = 0
-    with pytest.raises(RuntimeError, match="injected"):
-        score.score_month("green", 2021, 3, model, str(destination), synthetic=True)
-    assert destination.read_bytes() == before and leftovers(tmp_path) == []
-    assert len(batch.read_output(destination)) == first["rows"]
-
-
-# --- bad input: one clear line, non-zero exit, no output ---------------------------------------
+# --- the command line in this process (its bad input: tests/unit/test_score_adapter.py) ------------
 
 
 def cli(argv, capsys) -> tuple[int, str, str]:
-    """score.py's main() in this process; the environment is restored afterwards."""
-    with mock.patch.dict(os.environ):
-        try:
-            code = score.main([str(a) for a in argv])
-        except SystemExit as exit:
-            code = exit.code
+    """score.py's main() in this process."""
+    try:
+        code = score.main([str(a) for a in argv])
+    except SystemExit as exit:
+        code = exit.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -413,89 +330,6 @@ def assert_clean_failure(code, err, destination: Path, *fragments):
     for fragment in fragments:
         assert fragment in err, err
     assert not destination.exists() and leftovers(destination.parent) == []
-
-
-def test_missing_month_is_a_clear_error(model, tmp_path, capsys, offline, monkeypatch):
-    monkeypatch.setenv("TAXI_DATA_DIR", str(tmp_path / "empty"))
-    destination = tmp_path / "out.parquet"
-    code, _, err = cli(["--year", 2021, "--month", 3, "--model-uri", model.uri, "--output", destination], capsys)
-    assert_clean_failure(
-        code, err, destination, "score.py: error:", "green_tripdata_2021-03.parquet is not in", "--synthetic"
-    )
-
-
-def test_wrong_schema_and_unreadable_files_are_clear_errors(model, tmp_path, capsys):
-    wrong = tmp_path / "wrong.parquet"
-    pq.write_table(pa.table({"a": [1, 2], "b": ["x", "y"]}), wrong)
-    not_parquet = tmp_path / "notes.parquet"
-    not_parquet.write_text("these are not trip records\n")
-    destination = tmp_path / "out.parquet"
-    for bad, message in ((wrong, "is not a green TLC file: it lacks"), (not_parquet, "is not a readable parquet file")):
-        code, _, err = cli(
-            ["--year", 2021, "--month", 3, "--model-uri", model.uri, "--input", bad, "--output", destination], capsys
-        )
-        assert_clean_failure(code, err, destination, message)
-
-
-def test_yellow_file_given_as_green_is_a_clear_error(model, tmp_path, capsys):
-    yellow = data.write_month_file(data.synthetic_month("yellow", 2022, 1, n_rides=100), tmp_path / "yellow.parquet")
-    destination = tmp_path / "out.parquet"
-    code, _, err = cli(
-        [
-            "--taxi-type",
-            "green",
-            "--year",
-            2022,
-            "--month",
-            1,
-            "--model-uri",
-            model.uri,
-            "--input",
-            yellow,
-            "--output",
-            destination,
-        ],
-        capsys,
-    )
-    assert_clean_failure(code, err, destination, "lpep_pickup_datetime")
-
-
-def test_empty_month_gives_empty_output_with_the_schema(model, tmp_path, capsys):
-    empty = data.write_month_file(data.synthetic_month("green", 2021, 3, n_rides=0), tmp_path / "empty-month.parquet")
-    destination = tmp_path / "out.parquet"
-    code, out, err = cli(
-        ["--year", 2021, "--month", 3, "--model-uri", model.uri, "--input", empty, "--output", destination], capsys
-    )
-    assert code == 0, err
-    assert "scored 0 rides" in out
-    table = pq.read_table(destination)
-    assert table.num_rows == 0
-    assert table.schema.remove_metadata() == batch.output_schema("green")
-    assert batch.output_info(destination)["model_version"] == model.version
-
-
-def test_unknown_taxi_type_is_a_clear_error(model, tmp_path, capsys):
-    destination = tmp_path / "out.parquet"
-    code, _, err = cli(["--taxi-type", "purple", "--year", 2021, "--month", 3, "--output", destination], capsys)
-    assert_clean_failure(code, err, destination, "invalid choice: 'purple'")
-    with pytest.raises(ValueError, match="unknown taxi type 'purple'"):
-        score.score_month("purple", 2021, 3, model, str(destination))
-    assert not destination.exists()
-
-
-def test_model_that_does_not_load_is_a_clear_error(tmp_path, capsys):
-    destination = tmp_path / "out.parquet"
-    code, _, err = cli(
-        ["--year", 2021, "--month", 3, "--synthetic", "--model-uri", tmp_path / "no-model", "--output", destination],
-        capsys,
-    )
-    assert_clean_failure(code, err, destination, "cannot load model", "no MLmodel file")
-
-
-def test_impossible_month_is_a_clear_error(model, tmp_path, capsys):
-    destination = tmp_path / "out.parquet"
-    code, _, err = cli(["--year", 2021, "--month", 13, "--model-uri", model.uri, "--output", destination], capsys)
-    assert_clean_failure(code, err, destination, "no such TLC month: 2021-13")
 
 
 # --- the month asked for is the month in the file ---------------------------------------------------
@@ -526,90 +360,6 @@ def test_every_real_month_passes_the_month_check_with_its_stray_pickups(year, mo
     assert with_time == month_input.num_rows
     batch.check_pickup_month(month_input, in_month, with_time)  # raises if refused
     assert in_month == with_time - data.stray_pickups(read_month_file(path, "green"), "green", year, month)
-
-
-def month_file(folder: Path, year: int, month: int, *, synthetic: bool, n_rides: int = 500) -> Path:
-    """A small month file named as the TLC names it: synthetic rides, labelled synthetic or, as a stand-in
-    for a real TLC file, not."""
-    frame = data.synthetic_month("green", year, month, n_rides=n_rides)
-    if not synthetic:
-        frame.attrs["source"] = "TLC stand-in"
-    return data.write_month_file(frame, folder / month_filename("green", year, month))
-
-
-# --- when a month counts as scored -------------------------------------------------------------------
-
-
-def test_scored_already_needs_a_readable_output_of_the_same_month_rides_and_model(model, tmp_path):
-    real = batch.open_month("green", 2021, 3, input_file=month_file(tmp_path / "real", 2021, 3, synthetic=False))
-    synthetic = batch.open_month(
-        "green", 2021, 3, input_file=month_file(tmp_path / "synthetic", 2021, 3, synthetic=True)
-    )
-    destination = tmp_path / "output" / "2021-03.parquet"
-    assert batch.scored_already(destination, real, model.version) == (False, "no output yet")
-
-    score.score_month("green", 2021, 3, model, str(destination), month_input=real)
-    assert batch.scored_already(destination, real, model.version) == (
-        True,
-        f"already scored by {model.version} from real rides",
-    )
-    assert batch.scored_already(destination, synthetic, model.version) == (
-        False,
-        "existing output was scored from real rides, these are synthetic",
-    )
-    assert batch.scored_already(destination, real, "m-other") == (False, f"existing output is by {model.version}")
-    april = batch.open_month("green", 2021, 4, input_file=month_file(tmp_path / "real", 2021, 4, synthetic=False))
-    assert batch.scored_already(destination, april, model.version) == (False, "existing output holds green/2021-03")
-    more = batch.open_month(
-        "green", 2021, 3, input_file=month_file(tmp_path / "more", 2021, 3, synthetic=False, n_rides=600)
-    )
-    assert batch.scored_already(destination, more, model.version) == (
-        False,
-        "existing output has 500 rows for 600 rides",
-    )
-
-    whole = destination.read_bytes()
-    destination.write_bytes(whole[: len(whole) // 2])  # a copy cut short
-    done, why = batch.scored_already(destination, real, model.version)
-    assert not done and why.startswith("existing output unreadable")
-
-
-def test_backfill_scores_again_what_is_not_done_and_skips_what_is(model, tmp_path, offline, monkeypatch):
-    """Months first scored from synthetic stand-ins are scored again from the real files; a truncated output
-    or one by another model is scored again; a matching one is skipped."""
-    folder, root = tmp_path / "data", tmp_path / "output"
-    for month in (1, 2, 3):
-        month_file(folder, 2021, month, synthetic=False)
-    monkeypatch.setenv("TAXI_DATA_DIR", str(tmp_path / "nothing"))
-
-    def statuses(**options):
-        summary = score.backfill("green", "2021-01", "2021-03", model, str(root), **options)
-        return [(row["status"], row["note"]) for row in summary]
-
-    assert [status for status, _ in statuses(synthetic="fallback")] == ["scored"] * 3  # no files: synthetic
-    outputs = [root / "green" / f"2021-0{month}.parquet" for month in (1, 2, 3)]
-    assert all(batch.output_info(output)["synthetic"] for output in outputs)
-
-    monkeypatch.setenv("TAXI_DATA_DIR", str(folder))  # the real files arrived
-    assert (
-        statuses(synthetic="fallback")
-        == [("scored", "re-scored: existing output was scored from synthetic rides, these are real")] * 3
-    )
-    assert not any(batch.output_info(output)["synthetic"] for output in outputs)
-    assert [status for status, _ in statuses()] == ["skipped"] * 3
-
-    whole = outputs[0].read_bytes()
-    outputs[0].write_bytes(whole[: len(whole) // 2])
-    other = load_model(model.uri)
-    other.model_id = "m-another-model"
-    score.score_month("green", 2021, 2, other, str(outputs[1]))
-    untouched = outputs[2].stat().st_mtime_ns
-    summary = statuses()
-    assert [status for status, _ in summary] == ["scored", "scored", "skipped"]
-    assert summary[0][1].startswith("re-scored: existing output unreadable")
-    assert summary[1][1] == "re-scored: existing output is by m-another-model"
-    assert outputs[2].stat().st_mtime_ns == untouched
-    assert {batch.output_info(output)["model_version"] for output in outputs} == {model.version}
 
 
 # --- backfill -------------------------------------------------------------------------------------
@@ -651,16 +401,6 @@ def test_backfill_scores_skips_and_forces(model, tmp_path, capsys, offline, monk
     summary = score.backfill("green", "2021-01", "2021-02", other, str(root))
     assert [row["status"] for row in summary] == ["scored", "scored"]
     assert batch.output_info(root / "green" / "2021-02.parquet")["model_version"] == "m-another-model"
-
-
-def test_month_range():
-    assert score.month_range("2021-11", "2022-02") == [(2021, 11), (2021, 12), (2022, 1), (2022, 2)]
-    with pytest.raises(ValueError, match="is after"):
-        score.month_range("2022-02", "2021-11")
-    with pytest.raises(ValueError, match="use YYYY-MM"):
-        score.month_range("2021/01", "2021-02")
-    with pytest.raises(ValueError, match="no such TLC month: 2021-13"):
-        score.month_range("2021-01", "2021-13")
 
 
 # --- the walkthrough notebook -------------------------------------------------------------------------
@@ -706,25 +446,3 @@ def test_walkthrough_notebook_runs(registered_model, tmp_path):
     images = sum("image/png" in o.get("data", {}) for c in cells if c.cell_type == "code" for o in c.outputs)
     assert images == 3
     assert [noise(path) for path in (executed, *runs.iterdir())] == [[], []]  # no library warnings or logs
-
-
-def test_local_output_has_the_usual_file_mode(tmp_path):
-    """The temporary file is private while it is written; the output others read is not."""
-    destination = tmp_path / "out.parquet"
-    info = batch.output_info_for("m-test", "green", 2021, 3, False)
-    with batch.atomic_parquet(destination, batch.output_schema("green"), info):
-        pass
-    assert destination.stat().st_mode & 0o777 == 0o666 & ~batch.current_umask()
-
-
-def test_options_before_backfill_are_kept_and_misplaced_ones_refused():
-    parser = score.build_parser()
-    args = parser.parse_args(
-        ["--model-uri", "m", "--taxi-type", "yellow", "backfill", "--from", "2021-01", "--to", "2021-02"]
-    )
-    assert (args.model_uri, args.taxi_type, args.synthetic) == ("m", "yellow", False)
-    args = parser.parse_args(["backfill", "--from", "2021-01", "--to", "2021-02", "--synthetic"])
-    assert (args.taxi_type, args.synthetic) == ("green", True)
-    with pytest.raises(SystemExit) as error:
-        score.main(["--year", "2021", "backfill", "--from", "2021-01", "--to", "2021-02"])
-    assert error.value.code == 2

@@ -1,16 +1,15 @@
-"""The project's habits hold: ruff's lint and format checks pass, and the GitHub workflow is valid and downloads the
-TLC months the tests read."""
+"""The project's habits hold: ruff's lint and format checks pass and the GitHub workflow is valid, by the tools
+themselves (tests/unit/test_habits.py checks what needs no tool: the months the workflow downloads, the test targets)."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, real_green_months
+from tests.helpers import ROOT
 
 BIN = Path(sys.executable).parent  # ruff and actionlint come with the dev group
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
@@ -49,16 +48,3 @@ def test_actionlint_finds_a_broken_workflow(tmp_path):
     )
     run = run_tool("actionlint", str(broken))
     assert run.returncode == 1 and "matrix" in run.stdout, run.stdout + run.stderr
-
-
-def test_the_workflow_downloads_every_month_ci_reads():
-    """The GitHub workflow fetches into TAXI_DATA_DIR each green month that this machine's CI has there."""
-    months = real_green_months()
-    if not months:
-        pytest.skip("TAXI_DATA_DIR has no green months to compare with")
-    text = WORKFLOW.read_text()
-    assert "TAXI_DATA_DIR: " in text and '--output "$TAXI_DATA_DIR/green_tripdata_${month}.parquet"' in text
-    assert "https://d37ci6vzurychx.cloudfront.net/trip-data/green_tripdata_${month}.parquet" in text
-    listed = set(re.findall(r"\b(20\d\d)-(\d\d)\b", text))
-    missing = [f"{year}-{month:02d}" for year, month in months if (str(year), f"{month:02d}") not in listed]
-    assert not missing, f"{WORKFLOW.relative_to(ROOT)} does not download {missing}"

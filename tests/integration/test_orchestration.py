@@ -24,7 +24,8 @@ import pytest
 pytest.importorskip("prefect", reason="Prefect is the optional orchestration extra: make test-orchestration")
 
 from ride_duration import batch, data, local_stack
-from tests.helpers import ROOT, environment, has_real_month, require_real_months
+from ride_duration.settings import exported
+from tests.helpers import ROOT, has_real_month, require_real_months
 
 FLOWS_PY = ROOT / "scripts" / "orchestrate.py"
 SCORE_PY = ROOT / "scripts" / "score.py"
@@ -61,7 +62,7 @@ def prefect_api(tmp_path_factory, logs_dir):
     )
     try:
         with (
-            environment(env),
+            exported(env),
             temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_HOME: home}),
         ):
             yield env
@@ -262,7 +263,7 @@ def test_the_servers_scheduler_creates_the_monthly_runs_and_a_due_one_scores_its
 
 
 def test_served_deployment_scores_the_month_before_the_trigger_date(served, registered_model):
-    """Done-when 1: serve, trigger a run for 2021-04-02, find green 2021-03 scored."""
+    """Serve, trigger a run for 2021-04-02, find green 2021-03 scored."""
     from prefect import get_client
 
     require_real_months(("green", 2021, 3))
@@ -290,7 +291,7 @@ def test_served_deployment_scores_the_month_before_the_trigger_date(served, regi
 
 
 def test_backfill_of_three_months_equals_score_py(served, registered_model, tmp_path):
-    """Done-when 2: the backfill deployment over green 2021-01..03 writes what score.py writes."""
+    """The backfill deployment over green 2021-01..03 writes what score.py writes."""
     months = [(2021, 1), (2021, 2), (2021, 3)]
     require_real_months(*[("green", year, month) for year, month in months])
 
@@ -339,7 +340,7 @@ def test_output_to_s3_equals_score_py(prefect_api, registered_model, moto_url, t
 
 
 def test_transient_read_failure_is_retried_and_the_run_completes(prefect_api, registered_model, tmp_path, monkeypatch):
-    """Done-when 3: the first download of the month fails with a connection error; read retries."""
+    """The first download of the month fails with a connection error; read retries."""
     require_real_months(("green", 2021, 2))
     real_file = data.data_dir() / data.month_filename("green", 2021, 2)
     monkeypatch.setenv("TAXI_DATA_DIR", str(tmp_path / "empty-data"))  # not local: read must download it

@@ -24,7 +24,8 @@ from ride_duration.data import read_month, write_month_file
 from ride_duration.features import FastPredictor, ride_features
 from ride_duration.model import load_model
 from ride_duration.rides import validate_ride
-from tests.helpers import ROOT, environment, start_web_service, tracking_store
+from ride_duration.settings import exported
+from tests.helpers import ROOT, start_web_service, tracking_store
 
 TOLERANCE = 1e-9
 
@@ -136,7 +137,7 @@ def lambda_handler(rides, model, tmp_path):
         for i, ride in enumerate(rides)
     ]
     event = runner.lambda_event(records, "shardId-000000000000", "arn:aws:kinesis:us-east-1:000000000000:stream/rides")
-    with environment({"MODEL_URI": model["artifact_uri"], "DRY_RUN": "1"}):
+    with exported({"MODEL_URI": model["artifact_uri"], "DRY_RUN": "1"}):
         lambda_function.reset_container()
         try:
             response = lambda_function.lambda_handler(event, None)

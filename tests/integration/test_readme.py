@@ -2,7 +2,8 @@
 one bash session per README, in a fresh copy of the project (tests/integration/readme_blocks.py says how).
 
 README.md runs from a clean copy (its Quick start makes the environment and runs the tutorial); the
-other READMEs each start from a fresh copy of the project as it is after that Quick start."""
+other READMEs each start from a fresh copy of the project as it is after that Quick start.
+(tests/unit/test_readme_blocks.py checks the markers, the printed-text matching and the skips without running.)"""
 
 from __future__ import annotations
 
@@ -18,10 +19,9 @@ import pytest
 
 from ride_duration import local_stack
 from tests.helpers import require_real_months
-from tests.integration.readme_blocks import ReadmeError, network_namespace_works, parse, run_readme, shows
+from tests.integration.readme_blocks import READMES, network_namespace_works, run_readme
 
 ROOT = Path(__file__).resolve().parents[2]
-READMES = ["README.md", "web-service/README.md", "streaming/README.md", "scripts/README.md", "homework/README.md"]
 DEFAULT_PORTS = [4200, 4566, 5000, 9696]  # Prefect, moto_server, MLflow, the web service
 OWN_NETWORK = network_namespace_works()
 # What the READMEs' commands read: green 2021-01..05 (the tutorial, the backfills, the homework, the producer).
@@ -214,51 +214,7 @@ def test_a_network_namespace_gives_the_readme_its_own_default_ports(tmp_path):
     assert report.failures == [], report.failure_text()
 
 
-@pytest.mark.parametrize(
-    "marker, problem",
-    [
-        ("<!-- readme-test: skip -->", "a skip needs a reason"),
-        ("<!-- readme-test: skip () -->", "a skip needs a reason"),
-        ("<!-- readme-test: skipp (typo) -->", "unknown readme-test clause"),
-    ],
-)
-def test_malformed_markers_are_refused(marker, problem):
-    with pytest.raises(ReadmeError, match=problem):
-        parse(f"{marker}\n```bash\ntrue\n```\n", "README.md")
-
-
-def test_a_marker_must_be_just_before_a_shell_block():
-    with pytest.raises(ReadmeError, match="just before a shell block"):
-        parse("<!-- readme-test: skip (why) -->\nprose\n```bash\ntrue\n```\n", "README.md")
-    with pytest.raises(ReadmeError, match="before a text block"):
-        parse("<!-- readme-test: skip (why) -->\n```text\nq1: A\n```\n", "README.md")
-
-
-def test_printed_text_matching():
-    assert shows('ride -> HTTP 200\n{\n  "duration": 25.8228,\n  "model_version": "m-1"\n}', '"duration": 25.8...')
-    assert shows("a  b\n c", "a b c")
-    assert not shows("duration 17.5", "duration 25.8...")
-
-
 # --- the project's READMEs ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("readme", READMES)
-def test_every_skip_has_a_reason(readme):
-    """The blocks the README test does not run are exactly the marked ones, each with its reason."""
-    text = (ROOT / readme).read_text()
-    blocks = parse(text, readme)
-    assert blocks, f"{readme} has no shell block"
-    lines = text.splitlines()
-    marked = []
-    for number, line in enumerate(lines):
-        if line.strip().startswith("<!-- readme-test: skip"):
-            fence = next(n for n in range(number + 1, len(lines)) if lines[n].strip())
-            marked.append(fence + 1)
-    assert [b.line for b in blocks if b.skip] == marked
-    for block in blocks:
-        if block.skip:
-            print(f"{block.where} skipped: {block.skip}")
 
 
 def copy_project(destination: Path) -> None:

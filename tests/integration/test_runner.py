@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -19,14 +17,8 @@ import pytest
 
 from ride_duration.data import read_month
 from ride_duration.kinesis import put_records, read_stream
-from tests.helpers import ROOT
-
-STREAMING = ROOT / "streaming"
-sys.path.insert(0, str(STREAMING))
-
-import deploy  # noqa: E402
-import producer  # noqa: E402
-import runner  # noqa: E402
+from ride_duration.settings import child_environment
+from tests.integration.streaming_helpers import STREAMING, new_stream, producer, runner, unique
 
 # A handler with a bug, as a user might deploy one: it names every ride over 10 miles in
 # batchItemFailures instead of predicting it.
@@ -43,19 +35,9 @@ def lambda_handler(event, context):
 """
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 @pytest.fixture
 def kinesis(moto_url):
     return boto3.client("kinesis")
-
-
-def new_stream(kinesis, shards: int = 1, name: str | None = None) -> str:
-    name = name or unique("stream")
-    deploy.ensure_stream(kinesis, name, shards)
-    return name
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +81,9 @@ def run_runner(stream: str, checkpoint: Path, model_uri: str, predictions: str, 
         "0.05",
         *options,
     ]
-    env = {**os.environ, "MODEL_URI": model_uri, "PREDICTIONS_STREAM_NAME": predictions, **(env or {})}
-    env.pop("DRY_RUN", None)
+    env = child_environment(
+        {"MODEL_URI": model_uri, "PREDICTIONS_STREAM_NAME": predictions, "DRY_RUN": "", **(env or {})}
+    )
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -115,7 +98,7 @@ def lines_of(path: Path) -> list[dict]:
 
 
 def test_a_model_that_cannot_load_stops_the_runner_and_files_nothing(kinesis, rides, registered_model, tmp_path):
-    stream, out = new_stream(kinesis, shards=2), new_stream(kinesis)
+    stream, out = new_stream(shards=2), new_stream()
     checkpoint = tmp_path / "checkpoint.json"
     send(kinesis, stream, rides[:100])
     first = run_runner(stream, checkpoint, registered_model["artifact_uri"], out)
@@ -138,7 +121,7 @@ def test_a_model_that_cannot_load_stops_the_runner_and_files_nothing(kinesis, ri
 
 
 def test_an_output_stream_back_after_an_outage_gets_every_record_on_restart(kinesis, rides, registered_model, tmp_path):
-    stream, out = new_stream(kinesis, shards=2), new_stream(kinesis)
+    stream, out = new_stream(shards=2), new_stream()
     checkpoint = tmp_path / "checkpoint.json"
     send(kinesis, stream, rides[:100])
     assert run_runner(stream, checkpoint, registered_model["artifact_uri"], out).returncode == runner.EXIT_OK
@@ -153,7 +136,7 @@ def test_an_output_stream_back_after_an_outage_gets_every_record_on_restart(kine
     assert checkpoint.read_bytes() == saved
     assert not checkpoint.with_suffix(".failures.jsonl").exists()
 
-    new_stream(kinesis, name=out)  # back, empty
+    new_stream(name=out)  # back, empty
     restart = run_runner(stream, checkpoint, registered_model["artifact_uri"], out)
     assert restart.returncode == runner.EXIT_OK, restart.stderr[-3000:]
     assert "0 to the failure destination" in restart.stdout
@@ -174,7 +157,7 @@ POISON = [
 
 
 def test_only_poison_reaches_the_failure_file_and_the_exit_code_says_so(kinesis, rides, registered_model, tmp_path):
-    stream, out = new_stream(kinesis, shards=2), new_stream(kinesis)
+    stream, out = new_stream(shards=2), new_stream()
     entries = [{"Data": json.dumps(e).encode(), "PartitionKey": e["ride_id"]} for e in rides[:200]]
     for index, data in enumerate(POISON):  # spread through the batches
         entries.insert(30 + 45 * index, {"Data": data, "PartitionKey": f"poison-{index}"})
@@ -194,7 +177,7 @@ def test_only_poison_reaches_the_failure_file_and_the_exit_code_says_so(kinesis,
 
 
 def test_a_failure_file_replays_and_its_records_are_then_processed(kinesis, rides, registered_model, tmp_path):
-    stream, out = new_stream(kinesis, shards=2), new_stream(kinesis)
+    stream, out = new_stream(shards=2), new_stream()
     (tmp_path / "handlers").mkdir()
     (tmp_path / "handlers" / "buggy_handler.py").write_text(BUGGY_HANDLER)
     long_rides = {e["ride_id"] for e in rides if e["ride"]["trip_distance"] > 10}

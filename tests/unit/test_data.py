@@ -87,6 +87,14 @@ def test_unknown_taxi_type_and_month():
         data.month_filename("green", 2021, 13)
 
 
+def test_month_names():
+    """One way to name a month (outputs, summaries, logs) and one list of taxi types."""
+    assert data.TAXI_TYPES == ("green", "yellow")
+    assert data.month_label("green", 2021, 3) == "green/2021-03"
+    assert data.month_filename("yellow", 2022, 1) == "yellow_tripdata_2022-01.parquet"
+    assert data.pickup_column("yellow") == "tpep_pickup_datetime"
+
+
 def test_wrong_schema_is_a_clear_error(tmp_path):
     path = tmp_path / "green_tripdata_2021-01.parquet"
     pd.DataFrame({"a": [1]}).to_parquet(path)

@@ -90,3 +90,27 @@ def test_loading_without_sklearn_serves_linear_pipelines_only(synthetic_rides, t
         fast = FastPredictor(loaded.pipeline)
         assert fast.linear == (name == "linear")
         assert np.array_equal(fast.predict_columns(other), pipeline.predict(frame_features(other)))
+
+
+@pytest.mark.parametrize("regressor", ["linear", "ridge", "tree"])
+def test_one_ride_and_a_list_of_rides_get_the_pipelines_numbers(regressor, synthetic_rides):
+    """predict_one (the web service's path) and predict_rides (a batch of events) against pipeline.predict,
+    for a linear regressor (plain floats), and a tree (the sparse matrix, through the regressor)."""
+    from sklearn.linear_model import Ridge
+    from sklearn.tree import DecisionTreeRegressor
+
+    model = {"linear": LinearRegression(), "ridge": Ridge(alpha=1.0), "tree": DecisionTreeRegressor(max_depth=6)}
+    pipeline = train.fit(train.make_pipeline(model[regressor]), synthetic_rides.head(5000))
+    rides = [
+        validate_ride({"PULocationID": int(pu), "DOLocationID": int(do), "trip_distance": float(distance)})
+        for pu, do, distance in zip(
+            synthetic_rides["PULocationID"][:300],
+            synthetic_rides["DOLocationID"][-300:],
+            synthetic_rides["trip_distance"][:300],
+        )
+    ] + [{"PULocationID": 264, "DOLocationID": 265, "trip_distance": 0.0}]
+    expected = pipeline.predict([ride_features(r) for r in rides])
+    fast = FastPredictor(pipeline)
+    assert fast.linear == (regressor != "tree")
+    assert [fast.predict_one(r) for r in rides] == pytest.approx(expected, abs=1e-9)
+    assert np.array_equal(fast.predict_rides(rides), expected)

@@ -1,0 +1,34 @@
+"""Helpers the batch tests of both layers share: the exported scorer as a module, small month files."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from ride_duration import data
+from ride_duration.data import month_filename
+from ride_duration.settings import PROJECT_ROOT
+
+SCORE_PY = PROJECT_ROOT / "scripts" / "score.py"
+
+
+def import_score():
+    """scripts/score.py as a module (the exported code, not the notebook)."""
+    spec = importlib.util.spec_from_file_location("score", SCORE_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def month_file(folder: Path, year: int, month: int, *, synthetic: bool, n_rides: int = 500) -> Path:
+    """A small month file named as the TLC names it: synthetic rides, labelled synthetic or, as a stand-in
+    for a real TLC file, not."""
+    frame = data.synthetic_month("green", year, month, n_rides=n_rides)
+    if not synthetic:
+        frame.attrs["source"] = "TLC stand-in"
+    return data.write_month_file(frame, folder / month_filename("green", year, month))
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files (ride_duration.files.atomic_path's) left in a folder."""
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))

@@ -45,7 +45,7 @@ JSON_TYPES = {
 def parse_rides(body: bytes, max_rides: int) -> tuple[list[dict], bool]:
     """The validated rides in a request body, and whether it held one ride (not a list)."""
     try:
-        payload = json.loads(body)
+        payload = json.loads(body.decode())  # JSON is UTF-8; decoding first is cheaper than loads(bytes)
     except (ValueError, RecursionError) as error:
         raise BadRequest(f"the body is not valid JSON: {error}") from None
     if isinstance(payload, dict):

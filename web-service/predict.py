@@ -24,7 +24,9 @@ from werkzeug.exceptions import (
     UnprocessableEntity,
     UnsupportedMediaType,
 )
+from werkzeug.wsgi import get_content_length
 
+from ride_duration.metrics import MetricBuffer
 from ride_duration.model import ModelLoadError
 from ride_duration.rides import BadRide
 from ride_duration.serving import ModelService, ServedModel
@@ -89,9 +91,11 @@ MODEL_INFO = Gauge(
 
 
 class RequestMetrics:
-    """Counts and times requests, with each labelled metric child looked up once, not per request."""
+    """Counts and times requests and their predictions, through a MetricBuffer; each labelled metric
+    child is looked up once, not per request."""
 
     def __init__(self):
+        self.buffer = MetricBuffer()
         self.counted = {}  # (endpoint, status code) -> the requests counter's child
         self.timed = {}  # endpoint -> the latency histogram's child
         self.shown = None  # the ServedModel ride_duration_model_info names
@@ -103,8 +107,11 @@ class RequestMetrics:
         latency = self.timed.get(endpoint)
         if latency is None:
             latency = self.timed[endpoint] = LATENCY.labels(endpoint)
-        counter.inc()
-        latency.observe(seconds)
+        self.buffer.inc(counter)
+        self.buffer.observe(latency, seconds)
+
+    def predicted(self, durations: list[float]) -> None:
+        self.buffer.observe_all(PREDICTED, durations)
 
     def show_model(self, served: ServedModel) -> None:
         """Name `served` as the live model (and no longer the one before it)."""
@@ -153,7 +160,7 @@ def add_error_handlers(app: Flask) -> None:
 
 def read_body(req, max_body_bytes: int) -> bytes:
     """The whole request body; 413 when it is larger than max_body_bytes, declared or chunked."""
-    length = req.content_length
+    length = get_content_length(req.environ)  # the same answer as req.content_length, without building headers
     try:
         if length is not None:
             if length > max_body_bytes:
@@ -186,11 +193,10 @@ def add_routes(app: Flask, settings: Settings, service: ModelService, metrics: R
         about = {"model_version": served.version, "registered_version": served.registered_version}
         if single:
             duration = served.predict_one(rides[0])
-            PREDICTED.observe(duration)
+            metrics.predicted([duration])
             return json_response({"duration": duration, **about})
         durations = served.predict_rides(rides).tolist()
-        for duration in durations:
-            PREDICTED.observe(duration)
+        metrics.predicted(durations)
         return json_response([{"duration": duration, **about} for duration in durations])
 
     @app.get("/health")
@@ -209,6 +215,7 @@ def add_routes(app: Flask, settings: Settings, service: ModelService, metrics: R
     @app.get("/metrics")
     def metrics_page():
         metrics.show_model(service.current)
+        metrics.buffer.flush()  # this worker's updates of the last second; the others' are at most that old
         return Response(metrics_text(settings), content_type=CONTENT_TYPE_LATEST)
 
 

@@ -1,8 +1,10 @@
 """One ride, one number: every way of serving the model gives each ride the same prediction (to 1e-9).
 
-Each scorer takes (rides, registered_model, tmp_path) and returns one prediction per ride, in order.
-To add a way of serving, write its scorer and add it to SCORERS; the test compares every scorer
-against the trained pipeline.
+Each scorer takes (rides, registered_model, tmp_path) and returns one prediction per ride, in order: the
+registered model loaded by alias and by artifact URI, every adapter of tests/adapters.py in this process
+(the same suite tests/unit/test_adapters.py runs on stand-in models), and the deployments as they run:
+gunicorn, scripts/score.py as a command, the Lambda handler as Lambda calls it. A new way of serving adds
+its adapter to tests/adapters.py; the test compares every scorer against the trained pipeline.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import requests
 from ride_duration import local_stack
 from ride_duration.batch import read_output
 from ride_duration.data import read_month, write_month_file
-from ride_duration.features import FastPredictor, ride_features
+from ride_duration.features import ride_features
 from ride_duration.model import load_model
 from ride_duration.rides import validate_ride
+from ride_duration.serving import ModelService
 from ride_duration.settings import exported
+from tests.adapters import ADAPTERS
 from tests.helpers import ROOT, start_web_service, tracking_store
 
 TOLERANCE = 1e-9
@@ -63,10 +67,15 @@ def registered_by_artifact_uri(rides, model, tmp_path):
     return load_model(model["artifact_uri"]).pipeline.predict([ride_features(r) for r in rides])
 
 
-def fast_predictor(rides, model, tmp_path):
-    predictor = FastPredictor(load_model(model["artifact_uri"]).pipeline)
-    assert predictor.fast
-    return predictor.predict_rides(rides)
+def in_process(adapter):
+    """One of tests/adapters.py's adapters, serving the registered model from its artifact URI."""
+
+    def scorer(rides, model, tmp_path):
+        answers = adapter(ModelService(model["artifact_uri"]), rides)
+        assert {version for _, version in answers} == {model["model_id"]}
+        return [duration for duration, _ in answers]
+
+    return scorer
 
 
 def score_py(rides, model, tmp_path):
@@ -155,7 +164,7 @@ SCORERS = {
     "trained pipeline": trained_pipeline,
     "registered model by alias": registered_by_alias,
     "registered model by artifact URI": registered_by_artifact_uri,
-    "FastPredictor": fast_predictor,
+    **{f"in process: {name}": in_process(adapter) for name, adapter in ADAPTERS.items()},
     "scripts/score.py": score_py,
     "web service (gunicorn)": web_service,
     "Lambda handler": lambda_handler,

@@ -178,7 +178,15 @@ def test_metrics_add_up_over_every_worker(service, registered_model, metrics_dir
     for _ in range(3):
         assert requests.post(f"{service}/predict", json={"PULocationID": 10}, timeout=10).status_code == 422
     assert requests.post(f"{service}/predict", json=[EXAMPLE_RIDE] * 5, timeout=10).status_code == 200
-    after = scrape(service)
+    expected = {predict_ok: 41, predict_422: 3, predicted: 45, latency: 44}
+
+    # Each worker writes its updates once a second (ride_duration.metrics): wait up to a few of them.
+    deadline = time.monotonic() + 5
+    while True:
+        after = scrape(service)
+        if all(after.get(m, 0) - before.get(m, 0) == n for m, n in expected.items()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert after[predict_ok] - before.get(predict_ok, 0) == 41
     assert after[predict_422] - before.get(predict_422, 0) == 3
     assert after[predicted] - before.get(predicted, 0) == 45

@@ -32,3 +32,13 @@ def month_file(folder: Path, year: int, month: int, *, synthetic: bool, n_rides:
 def leftovers(folder: Path) -> list[str]:
     """Temporary files (ride_duration.files.atomic_path's) left in a folder."""
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+
+
+def run_cli(score, argv, capsys) -> tuple[int, str, str]:
+    """score.py's main() in this process: (exit code, stdout, stderr)."""
+    try:
+        code = score.main([str(a) for a in argv])
+    except SystemExit as exit:
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -25,7 +25,7 @@ from ride_duration.batch import months, output
 from ride_duration.data import add_duration, month_filename, read_month_file
 from ride_duration.features import frame_features
 from ride_duration.model import load_model
-from tests.batch_support import SCORE_PY, import_score, leftovers
+from tests.batch_support import SCORE_PY, import_score, leftovers, run_cli
 from tests.helpers import ROOT, real_green_months, require_real_months, tracking_store
 
 score = import_score()  # test_promotion imports import_score from here too
@@ -105,16 +105,7 @@ def test_papermill_run_equals_script_row_for_row(registered_model, tmp_path):
     pd.testing.assert_frame_equal(notebook_rows, script_rows, check_exact=True)
     assert notebook_rows.attrs["model_version"] == registered_model["model_id"]
     assert len(script_rows) == 83_827  # every row of the file, no duration filter
-    assert list(script_rows.columns) == [
-        "ride_id",
-        "lpep_pickup_datetime",
-        "PULocationID",
-        "DOLocationID",
-        "actual_duration",
-        "predicted_duration",
-        "diff",
-        "model_version",
-    ]
+    assert list(script_rows.columns) == batch.output_schema("green").names
     assert set(script_rows["model_version"]) == {registered_model["model_id"]}
     assert not script_rows.attrs["synthetic"]
 
@@ -314,13 +305,7 @@ def test_process_killed_mid_upload_leaves_nothing(registered_model, bucket, tmp_
 
 
 def cli(argv, capsys) -> tuple[int, str, str]:
-    """score.py's main() in this process."""
-    try:
-        code = score.main([str(a) for a in argv])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(score, argv, capsys)
 
 
 def assert_clean_failure(code, err, destination: Path, *fragments):

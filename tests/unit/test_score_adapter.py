@@ -15,7 +15,7 @@ from ride_duration.features import FastPredictor, frame_features
 from ride_duration.model import ModelLoadError
 from ride_duration.serving import ModelService
 from ride_duration.settings import DEFAULT_MODEL_URI, Settings
-from tests.batch_support import import_score, leftovers, month_file
+from tests.batch_support import import_score, leftovers, month_file, run_cli
 from tests.helpers import stand_in_model
 
 score = import_score()
@@ -206,13 +206,7 @@ def test_a_bad_range_fails_before_the_model_loads(tmp_path):
 
 
 def cli(argv, capsys) -> tuple[int, str, str]:
-    """score.py's main() in this process."""
-    try:
-        code = score.main([str(a) for a in argv])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(score, argv, capsys)
 
 
 def assert_clean_failure(code, err, destination, *fragments):

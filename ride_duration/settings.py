@@ -20,6 +20,12 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_URI = "models:/ride-duration@production"
 
+# The groups of variables each component reads (Settings.from_environ(groups=...)).
+WEB_SERVICE = ("model", "web")
+STREAMING = ("model", "streaming")
+BATCH = ("model",)
+LOCAL_STACK = ("model", "local")
+
 
 class SettingError(ValueError):
     """An environment variable holds a value the project cannot use; the message names it."""
@@ -98,11 +104,20 @@ class Settings:
     mlflow_port: int = variable("MLFLOW_PORT", 5000, "the MLflow tracking server's port", group="local")
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """The settings in `environ` (the process environment if None); unset or empty means the default."""
+    def from_environ(
+        cls, environ: Mapping[str, str] | None = None, *, groups: tuple[str, ...] | None = None
+    ) -> Settings:
+        """The settings in `environ` (the process environment if None); unset or empty means the default.
+
+        groups: read only these groups' variables ("model", "web", "streaming", "local"), the others keep
+        their defaults, so that a variable a component never uses cannot stop it (Kubernetes, for one,
+        sets MLFLOW_PORT=tcp://... in every pod when a service is named mlflow).
+        """
         environ = os.environ if environ is None else environ
         values = {}
         for spec in fields(cls):
+            if groups is not None and spec.metadata["group"] not in groups:
+                continue
             text = environ.get(spec.metadata["env"], "")
             if text != "":
                 values[spec.name] = parse(spec.metadata["env"], text, type(spec.default))
@@ -122,9 +137,13 @@ def parse(name: str, text: str, kind: type):
             return False
         raise SettingError(f"{name} must be 1 or 0 (true or false), got {text!r}")
     if kind is int:
-        if not text.isdigit() or int(text) < 1:
+        try:
+            number = int(text)
+        except ValueError:
+            number = 0
+        if number < 1 or not text.strip().isascii():
             raise SettingError(f"{name} must be a positive integer, got {text!r}")
-        return int(text)
+        return number
     if issubclass(kind, Path):
         return Path(text)
     return text

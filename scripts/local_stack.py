@@ -19,9 +19,12 @@ import os
 import sys
 
 from ride_duration import local_stack
-from ride_duration.settings import Settings, export
+from ride_duration.settings import LOCAL_STACK, SettingError, Settings, export
 
-SETTINGS = Settings.from_environ()
+try:
+    SETTINGS = Settings.from_environ(groups=LOCAL_STACK)
+except SettingError as error:
+    sys.exit(f"local_stack.py: {error}")
 STATE = SETTINGS.local_stack_dir
 SAVED_S3 = STATE / "s3"
 MOTO_PORT = SETTINGS.moto_port

@@ -21,7 +21,7 @@ from ride_duration.batch import (
     staging_path,
 )
 from ride_duration.data import TAXI_TYPES, month_label
-from ride_duration.settings import DEFAULT_MODEL_URI, PROJECT_ROOT, Settings, export_defaults
+from ride_duration.settings import BATCH, DEFAULT_MODEL_URI, PROJECT_ROOT, Settings, export_defaults
 
 
 PREFECT_HOME = PROJECT_ROOT / ".prefect"  # the local server's sqlite database; ignored by git
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_parser.add_argument(
         "--model-uri",
-        default=Settings.from_environ().model_uri,
+        default=Settings.from_environ(groups=BATCH).model_uri,
         help=f"models:/..., or the artifact's s3:// or file:// URI (default: $MODEL_URI, else {DEFAULT_MODEL_URI})",
     )
     serve_parser.add_argument(

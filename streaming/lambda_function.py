@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from ride_duration.kinesis import put_records
 from ride_duration.rides import BadRide
 from ride_duration.serving import ModelService
-from ride_duration.settings import Settings
+from ride_duration.settings import STREAMING, Settings
 
 MODEL_NAME = "ride_duration_prediction_model"  # the name the course's consumers expect
 MAX_RIDE_ID_LENGTH = 256  # the ride_id is the output's partition key, which Kinesis caps at 256
@@ -183,7 +183,7 @@ def container() -> Container:
     """This process's container, built on first use from the environment's settings."""
     global default_container
     if default_container is None:
-        default_container = Container.from_settings(Settings.from_environ())
+        default_container = Container.from_settings(Settings.from_environ(groups=STREAMING))
     return default_container
 
 

@@ -16,15 +16,17 @@ import sys
 import requests
 
 from ride_duration.rides import EXAMPLE_RIDE
-from ride_duration.settings import Settings
+from ride_duration.settings import WEB_SERVICE, SettingError, Settings
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url", nargs="?", default="http://127.0.0.1:9696/predict")
-    parser.add_argument(
-        "--api-key", default=Settings.from_environ().api_key, help="sent as X-API-Key (default: $API_KEY)"
-    )
+    try:
+        api_key = Settings.from_environ(groups=WEB_SERVICE).api_key
+    except SettingError as error:
+        parser.error(str(error))
+    parser.add_argument("--api-key", default=api_key, help="sent as X-API-Key (default: $API_KEY)")
     args = parser.parse_args(argv)
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
     try:

@@ -21,10 +21,10 @@ chdir = os.path.dirname(os.path.abspath(__file__))
 if chdir not in sys.path:  # the container keeps ride_duration/ next to this file
     sys.path.insert(0, chdir)
 
-from ride_duration.settings import SettingError, Settings, export  # noqa: E402 - needs the path above
+from ride_duration.settings import WEB_SERVICE, SettingError, Settings, export  # noqa: E402 - needs the path above
 
 try:
-    settings = Settings.from_environ()
+    settings = Settings.from_environ(groups=WEB_SERVICE)
 except SettingError as error:
     sys.exit(f"gunicorn.conf.py: {error}")
 

@@ -30,7 +30,7 @@ from ride_duration.metrics import MetricBuffer
 from ride_duration.model import ModelLoadError
 from ride_duration.rides import BadRide
 from ride_duration.serving import ModelService, ServedModel
-from ride_duration.settings import SettingError, Settings
+from ride_duration.settings import WEB_SERVICE, SettingError, Settings
 
 
 JSON_TYPES = {
@@ -240,7 +240,7 @@ class MeteredFlask(Flask):
 
 def create_app(settings: Settings | None = None, service: ModelService | None = None) -> Flask:
     """The prediction service: `service`'s model behind HTTP, limited and keyed by `settings`."""
-    settings = Settings.from_environ() if settings is None else settings
+    settings = Settings.from_environ(groups=WEB_SERVICE) if settings is None else settings
     service = ModelService.from_settings(settings) if service is None else service
     app = MeteredFlask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

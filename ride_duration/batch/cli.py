@@ -13,14 +13,14 @@ from collections.abc import Callable
 from ride_duration.batch.backfills import one_line, summary_table
 from ride_duration.data import TAXI_TYPES, BadMonthFile, MonthNotAvailable
 from ride_duration.model import ModelLoadError
-from ride_duration.settings import DEFAULT_MODEL_URI, Settings
+from ride_duration.settings import BATCH, DEFAULT_MODEL_URI, Settings
 
 PROG = "score.py"
 
 
 def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     """score.py's options; --model-uri defaults to MODEL_URI (settings)."""
-    settings = settings or Settings.from_environ()
+    settings = settings or Settings.from_environ(groups=BATCH)
     model_help = (
         f"model to score with: {DEFAULT_MODEL_URI}, models:/m-..., or the artifact's "
         f"s3:// or file:// URI (default: $MODEL_URI, else {DEFAULT_MODEL_URI})"
@@ -134,7 +134,7 @@ def main(
 
     Bad input, a model that does not load or an output that cannot be written: one line on stderr, exit 1.
     """
-    parser = build_parser(settings)
+    parser = build_parser(settings)  # the model group's variables are text: nothing there fails to parse
     args = parse_args(parser, argv)
     try:
         if args.command == "backfill":

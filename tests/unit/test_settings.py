@@ -8,8 +8,10 @@ from dataclasses import fields
 import pytest
 
 from ride_duration.settings import (
+    BATCH,
     DEFAULT_MODEL_URI,
     PROJECT_ROOT,
+    WEB_SERVICE,
     SettingError,
     Settings,
     environment_names,
@@ -75,3 +77,12 @@ def test_every_readme_table_of_variables_is_the_settings_module():
     for readme, found in tables.items():
         for group, table in found:
             assert table == markdown_table(group), f"{readme}: regenerate with python -m ride_duration.settings {group}"
+
+
+def test_a_component_reads_only_its_groups_so_a_stray_variable_cannot_stop_it():
+    environ = {"MLFLOW_PORT": "tcp://10.0.0.7:5000", "MAX_RIDES": "5", "MODEL_URI": "models:/m-1"}
+    with pytest.raises(SettingError, match="MLFLOW_PORT"):
+        Settings.from_environ(environ)
+    web = Settings.from_environ(environ, groups=WEB_SERVICE)
+    assert (web.max_rides, web.model_uri, web.mlflow_port) == (5, "models:/m-1", Settings().mlflow_port)
+    assert Settings.from_environ(environ, groups=BATCH).max_rides == Settings().max_rides

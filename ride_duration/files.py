@@ -31,7 +31,7 @@ def atomic_path(destination: str | Path) -> Iterator[Path]:
     temporary = Path(name)
     try:
         yield temporary
-        os.chmod(temporary, 0o666 & ~current_umask())
+        os.chmod(temporary, 0o666 & ~UMASK)
         os.replace(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)
@@ -47,7 +47,11 @@ def write_atomically(destination: str | Path, data: bytes | str) -> Path:
     return Path(destination)
 
 
-def current_umask() -> int:
+def read_umask() -> int:
+    """The process's umask; reading it means setting it, so it is read once, at import, before any threads."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+UMASK = read_umask()

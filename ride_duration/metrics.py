@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import logging
 import math
 import os
 import threading
 import time
+
+logger = logging.getLogger(__name__)
 
 
 class MetricBuffer:
@@ -67,7 +70,10 @@ class MetricBuffer:
     def _write_every_interval(self) -> None:
         while True:
             time.sleep(self.interval)
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # a full disk, say: these updates are lost, the next ones are tried again
+                logger.exception("cannot write metric updates")
 
 
 def observe_many(histogram, values: list[float]) -> None:

@@ -16,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 
+from ride_duration.files import write_atomically
 from ride_duration.settings import PROJECT_ROOT as ROOT
 
 NOTEBOOK_ONLY_TAG = "notebook-only"
@@ -69,8 +70,6 @@ def export_all(check: bool = False) -> int:
     stale = 0
     for notebook, script in EXPORTS.items():
         notebook_path, script_path = ROOT / notebook, ROOT / script
-        if not notebook_path.exists():
-            continue  # the issue that adds this notebook has not landed yet
         fresh = export_source(notebook_path)
         current = script_path.read_text() if script_path.exists() else ""
         if fresh == current:
@@ -86,8 +85,7 @@ def export_all(check: bool = False) -> int:
             )
             print("\n".join(list(diff)[:60]), file=sys.stderr)
         else:
-            script_path.parent.mkdir(parents=True, exist_ok=True)
-            script_path.write_text(fresh)
+            write_atomically(script_path, fresh)
             print(f"exported {notebook} -> {script}")
     if check:
         print(f"check-export: {stale} stale export(s)" if stale else "check-export: every export matches its notebook")

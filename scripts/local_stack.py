@@ -19,6 +19,7 @@ import os
 import sys
 
 from ride_duration import local_stack
+from ride_duration.files import write_atomically
 from ride_duration.settings import LOCAL_STACK, SettingError, Settings, export
 
 try:
@@ -55,8 +56,8 @@ def start() -> None:
     export(local_stack.aws_env(MOTO_URL))
     if pid_of("moto") is None:
         process = local_stack.start_moto(MOTO_PORT, STATE / "moto.log")
-        (STATE / "moto.pid").write_text(str(process.pid))
-        (STATE / "moto.url").write_text(MOTO_URL)
+        write_atomically(STATE / "moto.pid", str(process.pid))
+        write_atomically(STATE / "moto.url", MOTO_URL)
         print(f"moto_server up at {MOTO_URL} (log {STATE / 'moto.log'})")
         restored = local_stack.restore_buckets(SAVED_S3)
         if restored:
@@ -70,7 +71,7 @@ def start() -> None:
             f"s3://{local_stack.ARTIFACT_BUCKET}/",
             env=local_stack.aws_env(MOTO_URL),
         )
-        (STATE / "mlflow.pid").write_text(str(process.pid))
+        write_atomically(STATE / "mlflow.pid", str(process.pid))
         print(f"MLflow server up at {MLFLOW_URL} (log {STATE / 'mlflow.log'})")
     print_env()
 

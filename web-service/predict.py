@@ -3,6 +3,7 @@
 import hmac
 import json
 import sys
+import threading
 import time
 
 from flask import Flask, Response, request
@@ -96,6 +97,7 @@ class RequestMetrics:
 
     def __init__(self):
         self.buffer = MetricBuffer()
+        self.lock = threading.Lock()
         self.counted = {}  # (endpoint, status code) -> the requests counter's child
         self.timed = {}  # endpoint -> the latency histogram's child
         self.shown = None  # the ServedModel ride_duration_model_info names
@@ -113,14 +115,24 @@ class RequestMetrics:
     def predicted(self, durations: list[float]) -> None:
         self.buffer.observe_all(PREDICTED, durations)
 
-    def show_model(self, served: ServedModel) -> None:
-        """Name `served` as the live model (and no longer the one before it)."""
+    def show_model(self, service: ModelService) -> None:
+        """Name the model `service` serves now as the live one (1), and the one before it as no longer (0).
+
+        Under a lock, and always the service's current model: a request that started on the model
+        before a swap cannot name it live again. (In multiprocess mode a series cannot be removed,
+        only set to 0.)
+        """
+        served = service.current
         if served is self.shown:
             return
-        if self.shown is not None:
-            MODEL_INFO.remove(*model_labels(self.shown))
-        MODEL_INFO.labels(*model_labels(served)).set(1)
-        self.shown = served
+        with self.lock:
+            served = service.current
+            if served is self.shown:
+                return
+            if self.shown is not None:
+                MODEL_INFO.labels(*model_labels(self.shown)).set(0)
+            MODEL_INFO.labels(*model_labels(served)).set(1)
+            self.shown = served
 
 
 def model_labels(served: ServedModel) -> tuple[str, str, str]:
@@ -189,7 +201,7 @@ def add_routes(app: Flask, settings: Settings, service: ModelService, metrics: R
             raise UnsupportedMediaType("send JSON with the header Content-Type: application/json")
         rides, single = parse_rides(read_body(req, max_body_bytes), max_rides)
         served = service.current
-        metrics.show_model(served)
+        metrics.show_model(service)
         about = {"model_version": served.version, "registered_version": served.registered_version}
         if single:
             duration = served.predict_one(rides[0])
@@ -214,7 +226,7 @@ def add_routes(app: Flask, settings: Settings, service: ModelService, metrics: R
 
     @app.get("/metrics")
     def metrics_page():
-        metrics.show_model(service.current)
+        metrics.show_model(service)
         metrics.buffer.flush()  # this worker's updates of the last second; the others' are at most that old
         return Response(metrics_text(settings), content_type=CONTENT_TYPE_LATEST)
 
@@ -244,7 +256,7 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
     service = ModelService.from_settings(settings) if service is None else service
     app = MeteredFlask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.metrics.show_model(service.current)
+    app.metrics.show_model(service)
     add_error_handlers(app)
     add_routes(app, settings, service, app.metrics)
     return app

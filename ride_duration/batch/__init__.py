@@ -43,7 +43,6 @@ from ride_duration.batch.output import (
     split_s3,
     staging_path,
 )
-from ride_duration.files import current_umask
 
 __all__ = [
     "BATCH_ROWS",
@@ -58,7 +57,6 @@ __all__ = [
     "atomic_parquet",
     "backfill",
     "check_pickup_month",
-    "current_umask",
     "default_output",
     "duration_minutes",
     "fixed_width_strings",

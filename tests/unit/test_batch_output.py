@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ride_duration import batch
-from ride_duration.files import current_umask
+from ride_duration.files import UMASK
 from tests.batch_support import leftovers, month_file
 
 INFO = batch.output_info_for("m-test", "green", 2021, 3, False)
@@ -76,7 +76,7 @@ def test_atomic_parquet_writes_the_file_whole_with_the_usual_mode(tmp_path):
     """The temporary file is private while it is written; the output others read is not."""
     destination = tmp_path / "new" / "folder" / "out.parquet"
     write_output(destination)
-    assert destination.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+    assert destination.stat().st_mode & 0o777 == 0o666 & ~UMASK
     assert pq.read_table(destination).num_rows == 5 and leftovers(destination.parent) == []
 
 

@@ -12,7 +12,7 @@ NOTEBOOKS := 01-train 02-register 03-web-service 04-streaming 05-batch
 	.tools/bin/python -m pip install --quiet uv==$(UV_VERSION)
 
 # Bytecode compiled once here: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile
-# scikit-learn, scipy and pandas from source, seconds of each cold start (a repeated sync takes ~1 s).
+# scikit-learn, scipy and pandas from source, seconds of each cold start (a repeated sync is quick).
 setup: $(UV)  ## create .venv from the lock file
 	$(UV) sync --frozen --compile-bytecode
 

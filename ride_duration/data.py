@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ride_duration.files import atomic_path
+from ride_duration.rides import RIDE_FIELDS
 from ride_duration.settings import Settings
 
 if TYPE_CHECKING:  # pandas is imported where it is used: batch scoring runs on Arrow without it
@@ -29,7 +30,6 @@ DATETIME_COLUMNS = {
     "yellow": ("tpep_pickup_datetime", "tpep_dropoff_datetime"),
 }
 TAXI_TYPES = tuple(DATETIME_COLUMNS)  # ("green", "yellow")
-RIDE_COLUMNS = ["PULocationID", "DOLocationID", "trip_distance"]
 MIN_DURATION, MAX_DURATION = 1, 60
 SYNTHETIC_KEY = b"ride_duration.synthetic"
 
@@ -162,7 +162,7 @@ def check_month_schema(path, schema, taxi_type: str) -> bool:
     """Raise BadMonthFile unless the Arrow schema has a TLC month's ride columns; True if the file is
     a synthetic month (labelled in its metadata by write_month_file)."""
     names = schema.names
-    missing = [c for c in (*DATETIME_COLUMNS[taxi_type], *RIDE_COLUMNS) if c not in names]
+    missing = [c for c in (*DATETIME_COLUMNS[taxi_type], *RIDE_FIELDS) if c not in names]
     if missing:
         raise BadMonthFile(f"{path} is not a {taxi_type} TLC file: it lacks {missing} (it has {names[:8]}...)")
     return (schema.metadata or {}).get(SYNTHETIC_KEY) == b"true"

@@ -7,7 +7,7 @@ A ride (ride_duration.rides) is {"PULocationID", "DOLocationID", "trip_distance"
 builds the DictVectorizer's sparse matrix straight from integer codes with the vectorizer's own
 vocabulary, and hands it to the pipeline's last step. Pipelines it does not recognise fall back
 to `pipeline.predict`. For one ride and a linear regressor, `predict_one` skips numpy and
-scikit-learn altogether (their per-call checks cost ~0.3 ms, most of a web request) and does
+scikit-learn altogether (their per-call checks are most of a web request's time) and does
 the same sum in plain floats.
 """
 

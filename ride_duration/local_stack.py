@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from ride_duration.settings import child_environment
+from ride_duration.settings import PROJECT_ROOT, child_environment
 
 HOST = "127.0.0.1"
 # Dummy credentials and a region: moto accepts anything, boto3 insists on having some.
@@ -49,7 +49,7 @@ def bin_path(name: str) -> str:
 
 def uv_binary() -> str:
     """The uv that `make setup` used: the one on the PATH, else the project's .tools/bin/uv."""
-    found = shutil.which("uv") or str(Path(__file__).resolve().parents[1] / ".tools" / "bin" / "uv")
+    found = shutil.which("uv") or str(PROJECT_ROOT / ".tools" / "bin" / "uv")
     if not Path(found).exists():
         raise FileNotFoundError("uv is not installed (make setup installs it)")
     return found

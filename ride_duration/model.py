@@ -3,7 +3,7 @@
 Accepted URIs: `models:/ride-duration@production` (alias), `models:/m-...` (model id),
 `runs:/...`, or the artifact folder itself as `s3://...`, `file://...` or a plain path.
 Registry URIs need MLflow and the tracking server; artifact URIs need neither (no `import mlflow`,
-which alone costs over a second of a cold start), so a service started with one keeps working
+which alone is most of a cold start), so a service started with one keeps working
 when the tracking server is down.
 """
 
@@ -75,7 +75,7 @@ def load_model(uri: str, *, without_sklearn: bool = False, settings: Settings | 
 
     without_sklearn: for callers that only predict through FastPredictor (batch scoring). A pickled
     linear ride pipeline is then loaded as its fitted attributes, without importing scikit-learn
-    (1 to 3 s of every cold start); `pipeline` is then only good for FastPredictor, which serves it
+    (seconds of every cold start); `pipeline` is then only good for FastPredictor, which serves it
     exactly. Any other model loads as usual.
     settings: where the tracking server is, for registry URIs (default: the environment's).
     """

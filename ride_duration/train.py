@@ -20,8 +20,8 @@ EXPERIMENT = "ride-duration"
 # Pinned so that logging does not infer requirements (slow) and the model records what it needs.
 PIP_REQUIREMENTS = [f"{name}=={version(name)}" for name in ("scikit-learn", "scipy", "numpy")]
 # pickle, not MLflow's default skops: skops is the safe format for models you did not make, but it
-# stores this pipeline's 13,000-pair vocabulary in 13 MB that take seconds to load, against 0.5 MB
-# and milliseconds for pickle, and load time is the cold start of every service. We only load
+# stores this pipeline's vocabulary of zone pairs in a file many times pickle's size that takes seconds,
+# not milliseconds, to load, and load time is the cold start of every service. We only load
 # models we logged ourselves, from our own registry and buckets.
 SERIALIZATION_FORMAT = "pickle"
 

@@ -120,7 +120,9 @@ def backfill(
     with the model taken once; one summary row per month."""
     months = month_range(start, end)  # a bad range fails before the model loads
     served = served_model(model)
-    return backfills.backfill(score_month, served, taxi_type, months, output_root, force=force, synthetic=synthetic)
+    return backfills.backfill_months(
+        score_month, served, taxi_type, months, output_root, force=force, synthetic=synthetic
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from ride_duration.data import read_month
+from ride_duration.data import TAXI_TYPES, read_month
 from ride_duration.kinesis import put_all
 from ride_duration.rides import RIDE_FIELDS, ride_id
 
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stream", default="ride_events")
-    parser.add_argument("--taxi-type", default="green", choices=["green", "yellow"])
+    parser.add_argument("--taxi-type", default=TAXI_TYPES[0], choices=TAXI_TYPES)
     parser.add_argument("--year", type=int, default=2021)
     parser.add_argument("--month", type=int, default=1)
     parser.add_argument("-n", "--rides", type=int, default=100, help="how many rides to send")

@@ -23,7 +23,7 @@ from ride_duration.data import write_month_file
 from ride_duration.serving import ModelService
 from ride_duration.settings import PROJECT_ROOT, Settings
 from tests.batch_support import import_score
-from tests.unit.kinesis_stand_in import StandInKinesis, kinesis_event
+from tests.kinesis_stand_in import StandInKinesis, kinesis_event
 
 sys.path[:0] = [str(PROJECT_ROOT / "web-service"), str(PROJECT_ROOT / "streaming")]
 predict = importlib.import_module("predict")  # importing builds no app and loads no model

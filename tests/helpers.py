@@ -11,15 +11,19 @@ import pytest
 
 from ride_duration import local_stack
 from ride_duration.data import month_filename
-from ride_duration.settings import exported
+from ride_duration.settings import PROJECT_ROOT, Settings, exported
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = PROJECT_ROOT
 IN_CI = os.environ.get("CI") == "true"
 
 
+def data_folder() -> Path:
+    """Where the project looks for TLC months: TAXI_DATA_DIR, else data/."""
+    return Settings.from_environ().taxi_data_dir
+
+
 def has_real_month(taxi_type: str, year: int, month: int) -> bool:
-    folder = os.environ.get("TAXI_DATA_DIR")
-    return bool(folder) and (Path(folder) / month_filename(taxi_type, year, month)).exists()
+    return (data_folder() / month_filename(taxi_type, year, month)).exists()
 
 
 def require_real_months(*months: tuple[str, int, int]) -> None:
@@ -32,12 +36,9 @@ def require_real_months(*months: tuple[str, int, int]) -> None:
 
 
 def real_green_months() -> list[tuple[int, int]]:
-    """Every green month in TAXI_DATA_DIR, as (year, month)."""
-    folder = os.environ.get("TAXI_DATA_DIR")
-    if not folder:
-        return []
+    """Every green month in the data folder, as (year, month)."""
     found = []
-    for path in sorted(Path(folder).glob("green_tripdata_*.parquet")):
+    for path in sorted(data_folder().glob("green_tripdata_*.parquet")):
         year, month = path.stem.rsplit("_", 1)[1].split("-")
         found.append((int(year), int(month)))
     return found

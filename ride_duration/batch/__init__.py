@@ -11,7 +11,7 @@ The names below are the ones notebooks, scripts and tests import from `ride_dura
 """
 
 from ride_duration.batch.arrow import arrow_array, fixed_width_strings, numpy_values, repeated, ride_ids
-from ride_duration.batch.backfills import backfill, month_range, one_line, summary_table
+from ride_duration.batch.backfills import backfill_months, month_range, one_line, summary_table
 from ride_duration.batch.months import (
     BATCH_ROWS,
     MonthInput,
@@ -55,7 +55,7 @@ __all__ = [
     "RideColumns",
     "arrow_array",
     "atomic_parquet",
-    "backfill",
+    "backfill_months",
     "check_pickup_month",
     "default_output",
     "duration_minutes",

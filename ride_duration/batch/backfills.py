@@ -39,7 +39,7 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-def backfill(
+def backfill_months(
     score_month: Callable[..., dict],
     served,
     taxi_type: str,

@@ -20,7 +20,6 @@ import numpy as np
 from ride_duration.batch.arrow import NUMPY_TYPES, numpy_values
 from ride_duration.data import (
     DATETIME_COLUMNS,
-    RIDE_COLUMNS,
     BadMonthFile,
     MonthNotAvailable,
     check_month,
@@ -29,6 +28,7 @@ from ride_duration.data import (
     locate_month,
     synthetic_month,
 )
+from ride_duration.rides import RIDE_FIELDS
 
 if TYPE_CHECKING:  # batch scoring works on Arrow tables; pandas is imported only where it is used
     import pyarrow as pa
@@ -96,7 +96,7 @@ class RideColumns:
     @property
     def fields(self) -> dict[str, np.ndarray]:
         """The rides as the serving core takes columns: ride_duration.rides.RIDE_FIELDS to arrays."""
-        return {"PULocationID": self.pu, "DOLocationID": self.do, "trip_distance": self.distance}
+        return dict(zip(RIDE_FIELDS, (self.pu, self.do, self.distance)))
 
 
 def ride_columns(rides: pa.Table, taxi_type: str) -> RideColumns:
@@ -168,7 +168,7 @@ def read_ahead(items: Iterator) -> Iterator:
 
 def input_columns(taxi_type: str) -> list[str]:
     """The only columns batch scoring reads: the two timestamps and the ride fields."""
-    return [*DATETIME_COLUMNS[check_taxi_type(taxi_type)], *RIDE_COLUMNS]
+    return [*DATETIME_COLUMNS[check_taxi_type(taxi_type)], *RIDE_FIELDS]
 
 
 def open_month(

@@ -28,7 +28,7 @@ from ride_duration.model import load_model
 from tests.batch_support import SCORE_PY, import_score, leftovers, run_cli
 from tests.helpers import ROOT, real_green_months, require_real_months, tracking_store
 
-score = import_score()  # test_promotion imports import_score from here too
+score = import_score()
 
 
 @pytest.fixture(scope="module")

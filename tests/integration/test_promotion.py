@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ride_duration import batch, train
+from tests.batch_support import import_score
 from tests.helpers import ROOT, require_real_months, tracking_store
-from tests.integration.test_batch import import_score
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from run_notebooks import run_notebook

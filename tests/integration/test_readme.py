@@ -1,5 +1,5 @@
 """The READMEs' commands are tests: every shell block of the five READMEs runs as written, in order,
-one bash session per README, in a fresh copy of the project (tests/integration/readme_blocks.py says how).
+one bash session per README, in a fresh copy of the project (tests/readme_blocks.py says how).
 
 README.md runs from a clean copy (its Quick start makes the environment and runs the tutorial); the
 other READMEs each start from a fresh copy of the project as it is after that Quick start.
@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 
 from ride_duration import local_stack
-from tests.helpers import require_real_months
-from tests.integration.readme_blocks import READMES, network_namespace_works, run_readme
+from tests.helpers import ROOT, require_real_months
+from tests.readme_blocks import READMES, network_namespace_works, run_readme
 
-ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PORTS = [4200, 4566, 5000, 9696]  # Prefect, moto_server, MLflow, the web service
 OWN_NETWORK = network_namespace_works()
 # What the READMEs' commands read: green 2021-01..05 (the tutorial, the backfills, the homework, the producer).

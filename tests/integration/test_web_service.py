@@ -22,10 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from ride_duration import local_stack
 from ride_duration.features import ride_features
 from ride_duration.rides import EXAMPLE_RIDE, validate_ride
+from tests.helpers import ROOT
 from tests.helpers import WEB_SERVICE_COMMAND as PREDICT_COMMAND
 from tests.helpers import start_web_service as start_service
 
-ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web-service"
 API_KEY = "s3cret-key"
 

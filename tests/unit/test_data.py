@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from ride_duration import data
+from ride_duration.rides import RIDE_FIELDS
 from tests.helpers import require_real_months
 
 
@@ -73,7 +74,7 @@ def test_synthetic_month_is_deterministic_and_keeps_its_label_on_disk(tmp_path):
     second = data.synthetic_month("yellow", 2022, 3, n_rides=5_000)
     pd.testing.assert_frame_equal(first, second)
     assert not first.equals(data.synthetic_month("yellow", 2022, 4, n_rides=5_000))
-    assert {"tpep_pickup_datetime", "tpep_dropoff_datetime", *data.RIDE_COLUMNS} <= set(first.columns)
+    assert {"tpep_pickup_datetime", "tpep_dropoff_datetime", *RIDE_FIELDS} <= set(first.columns)
     path = data.write_month_file(first, tmp_path / data.month_filename("yellow", 2022, 3))
     reread = data.read_month_file(path, "yellow")
     assert data.is_synthetic(reread)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ride_duration.kinesis import MAX_BYTES_PER_PUT, MAX_RECORDS_PER_PUT, put_records
-from tests.unit.kinesis_stand_in import StandInKinesis
+from tests.kinesis_stand_in import StandInKinesis
 
 
 def numbered(n: int) -> list[dict]:

@@ -18,9 +18,9 @@ from ride_duration.model import ModelLoadError
 from ride_duration.serving import ModelService
 from ride_duration.settings import Settings
 from tests.helpers import stand_in_model
-from tests.unit.kinesis_stand_in import StandInKinesis, kinesis_event
+from tests.kinesis_stand_in import StandInKinesis, kinesis_event
 
-lambda_function = importlib.import_module("lambda_function")  # tests.unit.kinesis_stand_in put streaming/ on the path
+lambda_function = importlib.import_module("lambda_function")  # tests.kinesis_stand_in put streaming/ on the path
 
 GOOD_RIDES = [
     ({"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}, 256),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import ROOT
-from tests.integration.readme_blocks import READMES, ReadmeError, parse, shows
+from tests.readme_blocks import READMES, ReadmeError, parse, shows
 
 
 @pytest.mark.parametrize(

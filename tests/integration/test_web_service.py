@@ -158,6 +158,23 @@ def scrape(url: str) -> dict:
     }
 
 
+def settled_scrape(url: str, timeout: float = 10) -> dict:
+    """/metrics once two scrapes more than a write interval apart agree: every worker writes its pending
+    updates once a second (ride_duration.metrics), so then none are left unwritten."""
+
+    def predict_samples(samples: dict) -> dict:  # a scrape counts itself: leave the metrics endpoint out
+        return {key: value for key, value in samples.items() if ("endpoint", "metrics_page") not in key[1]}
+
+    deadline = time.monotonic() + timeout
+    previous = scrape(url)
+    while True:
+        time.sleep(1.2)
+        current = scrape(url)
+        if predict_samples(current) == predict_samples(previous) or time.monotonic() > deadline:
+            return current
+        previous = current
+
+
 def test_metrics_add_up_over_every_worker(service, registered_model, metrics_dir):
     """Requests land on both gunicorn workers; /metrics must count all of them, whichever answers."""
     from concurrent.futures import ThreadPoolExecutor
@@ -166,7 +183,7 @@ def test_metrics_add_up_over_every_worker(service, registered_model, metrics_dir
     predict_422 = ("ride_duration_requests_total", frozenset({("endpoint", "predict"), ("status", "422")}))
     predicted = ("ride_duration_predicted_minutes_count", frozenset())
     latency = ("ride_duration_request_seconds_count", frozenset({("endpoint", "predict")}))
-    before = scrape(service)
+    before = settled_scrape(service)  # earlier tests' requests all written
     with ThreadPoolExecutor(8) as pool:  # concurrent new connections, so that both workers get some
         statuses = list(
             pool.map(

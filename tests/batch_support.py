@@ -42,3 +42,14 @@ def run_cli(score, argv, capsys) -> tuple[int, str, str]:
         code = exit.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def assert_clean_failure(code: int, err: str, destination: Path, *fragments: str) -> None:
+    """A run that failed as score.py promises: one line on stderr (or argparse's usage) naming the fragments,
+    and nothing left at the destination, not even a temporary file."""
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 or "usage:" in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert not destination.exists() and leftovers(destination.parent) == []

@@ -25,7 +25,7 @@ from ride_duration.batch import months, output
 from ride_duration.data import add_duration, month_filename, read_month_file
 from ride_duration.features import frame_features
 from ride_duration.model import load_model
-from tests.batch_support import SCORE_PY, import_score, leftovers, run_cli
+from tests.batch_support import SCORE_PY, assert_clean_failure, import_score, run_cli
 from tests.helpers import ROOT, real_green_months, require_real_months, tracking_store
 
 score = import_score()
@@ -306,15 +306,6 @@ def test_process_killed_mid_upload_leaves_nothing(registered_model, bucket, tmp_
 
 def cli(argv, capsys) -> tuple[int, str, str]:
     return run_cli(score, argv, capsys)
-
-
-def assert_clean_failure(code, err, destination: Path, *fragments):
-    assert code != 0
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 or "usage:" in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    assert not destination.exists() and leftovers(destination.parent) == []
 
 
 # --- the month asked for is the month in the file ---------------------------------------------------

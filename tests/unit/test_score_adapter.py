@@ -15,7 +15,7 @@ from ride_duration.features import FastPredictor, frame_features
 from ride_duration.model import ModelLoadError
 from ride_duration.serving import ModelService
 from ride_duration.settings import DEFAULT_MODEL_URI, Settings
-from tests.batch_support import import_score, leftovers, month_file, run_cli
+from tests.batch_support import assert_clean_failure, import_score, leftovers, month_file, run_cli
 from tests.helpers import stand_in_model
 
 score = import_score()
@@ -207,15 +207,6 @@ def test_a_bad_range_fails_before_the_model_loads(tmp_path):
 
 def cli(argv, capsys) -> tuple[int, str, str]:
     return run_cli(score, argv, capsys)
-
-
-def assert_clean_failure(code, err, destination, *fragments):
-    assert code != 0
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 or "usage:" in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    assert not destination.exists() and leftovers(destination.parent) == []
 
 
 def test_options_before_backfill_are_kept_and_misplaced_ones_refused(capsys):

@@ -93,6 +93,9 @@ def has_predict(model: LoadedModel) -> bool:
     return callable(getattr(model.pipeline, "predict", None))
 
 
+POLL_OUTCOMES = ("unchanged", "swapped", "failed")
+
+
 @dataclass(frozen=True)
 class Poll:
     """The outcome of one check of the alias: "unchanged", "swapped" or "failed", with a sentence saying more."""

@@ -58,6 +58,18 @@ if not settings.prometheus_multiproc_dir:
     atexit.register(remove_metrics_dir)
 
 
+def post_worker_init(worker):
+    """Follow the model's registry alias (MODEL_URI=models:/NAME@ALIAS) from each worker, once forked.
+
+    The master loads the model before forking (preload_app) but never polls: a thread it started would
+    not run in the workers, and each worker serves its own copy of the model, so each checks and swaps
+    its own. An app without follow_model (the benchmark's floor) has nothing to follow.
+    """
+    follow_model = getattr(worker.wsgi, "follow_model", None)
+    if follow_model is not None:
+        follow_model()
+
+
 def child_exit(server, worker):
     """Drop a dead worker's live-gauge files, so that it no longer counts as serving a model."""
     from prometheus_client import multiprocess

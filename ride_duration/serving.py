@@ -231,11 +231,12 @@ class ModelService:
             return self.check()
         return None
 
-    def follow(self, on_poll: Callable[[Poll], None] | None = None) -> bool:
+    def follow(self, on_poll: Callable[[Poll], None] | None = None, *, at_once: bool = False) -> bool:
         """Check the alias every poll_seconds from a daemon thread, calling on_poll with each outcome.
 
         Start it in the process that serves (each gunicorn worker: threads do not survive a fork); a second
         call while the thread runs does nothing. False, and no thread, for a URI that never moves.
+        at_once: check first at once (a worker forked from a model loaded long ago, by gunicorn's reload).
         """
         if not self.alias:
             return False
@@ -244,10 +245,12 @@ class ModelService:
         self._stop.clear()
 
         def run():
-            while not self._stop.wait(self.poll_seconds):
+            wait = 0 if at_once else self.poll_seconds
+            while not self._stop.wait(wait):
                 poll = self.check()
                 if on_poll is not None:
                     on_poll(poll)
+                wait = self.poll_seconds
 
         self._follower = threading.Thread(target=run, name="model-poll", daemon=True)
         self._follower.start()

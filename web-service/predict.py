@@ -259,16 +259,27 @@ class MeteredFlask(Flask):
         self.metrics = RequestMetrics()
         self.following = False
 
-    def follow_model(self) -> bool:
+    def follow_model(self, first_check_seconds: float = 10.0) -> bool:
         """Check where the registry alias points every MODEL_POLL_SECONDS, from a thread of this process, and
         serve the version it moves to; False, and no thread, for a URI that names one model for good.
 
         gunicorn.conf.py calls it in each worker once forked: the master loads the model but never polls,
-        and a thread started before the fork would not run in the workers.
+        and a thread started before the fork would not run in the workers. The first check is made at once
+        and waited for (up to first_check_seconds, well within gunicorn's worker timeout): a worker forked
+        by a reload (SIGHUP) starts from the model the master loaded at start-up, which the alias may have
+        left since, and must not answer with it again.
         """
-        if self.service.follows:
-            self.metrics.count_polls()
-        self.following = self.service.follow(on_poll=self.polled)
+        if not self.service.follows:
+            return False
+        self.metrics.count_polls()
+        first_check = threading.Event()
+
+        def polled(poll: Poll) -> None:
+            self.polled(poll)
+            first_check.set()
+
+        self.following = self.service.follow(on_poll=polled, at_once=True)
+        first_check.wait(first_check_seconds)
         return self.following
 
     def check_model(self) -> Poll:

@@ -63,7 +63,8 @@ def tracking(tmp_path_factory, logs_dir):
     server = {"process": None}
 
     def start():
-        server["process"] = local_stack.start_mlflow(port, logs_dir / f"mlflow-{port}.log", backend, artifacts)
+        if server["process"] is None:
+            server["process"] = local_stack.start_mlflow(port, logs_dir / f"mlflow-{port}.log", backend, artifacts)
 
     def stop():
         if server["process"] is not None:
@@ -281,3 +282,48 @@ def load_time(tracking: dict, version: int) -> float:
     with tracking_store(tracking["url"]):
         serve(load_model(f"models:/{REGISTERED_MODEL}/{version}"))
     return time.monotonic() - started
+
+
+def booted_workers(log) -> int:
+    return log.read_text(errors="replace").count("Booting worker with pid")
+
+
+@pytest.mark.slow
+def test_sighup_and_a_rolling_restart_lose_no_request_and_never_go_back_to_an_older_version(tracking, logs_dir):
+    """gunicorn's reload (SIGHUP: new workers, the old ones exit gracefully) and a rolling restart (TTIN
+    then TTOU, worker by worker) under 8 busy keep-alive clients. The master loaded version 1; the alias
+    moved to 2 before the restarts: workers forked afterwards must check before they answer."""
+    tracking["start"]()
+    move_production(tracking, 1)
+    process, url, log = start_web_service(
+        logs_dir,
+        "predict-restarts",
+        {"MODEL_URI": ALIAS_URI, "MLFLOW_TRACKING_URI": tracking["url"], "MODEL_POLL_SECONDS": str(POLL_SECONDS)},
+    )
+    try:
+        moved = move_production(tracking, 2)
+        time.sleep(POLL_SECONDS + 3)  # both workers have checked since the move
+        with Load(url, clients=8, max_seconds=120) as load:
+            started = time.monotonic()
+            time.sleep(2)
+            for _ in range(3):
+                os.kill(process.pid, signal.SIGHUP)
+                time.sleep(4)
+            for _ in range(2):  # a rolling restart: one more worker, then the oldest one goes
+                before = booted_workers(log)
+                os.kill(process.pid, signal.SIGTTIN)
+                wait_until(lambda before=before: booted_workers(log) > before, 20)
+                time.sleep(1)
+                os.kill(process.pid, signal.SIGTTOU)
+                time.sleep(3)
+            time.sleep(2)
+        answers = load.since(started)
+        print(f"{len(answers)} requests across 3 SIGHUPs and a rolling restart, {load.retries} retried")
+        assert answers and failures(answers) == []
+        assert wrong_answers(answers, tracking["versions"]) == []
+        assert {a.body["registered_version"] for a in answers} == {f"{REGISTERED_MODEL}/2"}, "back to v1"
+        assert booted_workers(log) == 2 + 3 * 2 + 2
+        assert moved < started
+    finally:
+        local_stack.stop(process)
+        print(local_stack.log_tail(log))

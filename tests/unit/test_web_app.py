@@ -307,3 +307,18 @@ def test_a_service_started_with_an_artifact_uri_never_polls():
     health = client.get("/health").get_json()
     assert (health["follows"], health["last_poll"], health["failed_polls"]) == (None, None, 0)
     assert asked == []
+
+
+def test_follow_model_checks_at_once_so_a_worker_forked_from_an_old_model_never_answers_with_it():
+    """A worker gunicorn forks on a reload starts from the model the master loaded at start-up."""
+    registry = StandInRegistry(production=1)
+    service = registry.service()
+    service.poll_seconds = 600  # the next check is far away: only the first one can swap
+    registry.production = 2
+    app = predict.create_app(SETTINGS, service)
+    try:
+        assert app.follow_model()
+        assert app.test_client().post("/predict", json=EXAMPLE_RIDE).get_json()["model_version"] == "m-2"
+        assert app.test_client().get("/health").get_json()["last_poll"]["outcome"] == "swapped"
+    finally:
+        service.stop_following(timeout=5)

@@ -197,7 +197,11 @@ class ModelService:
         self._checked_at = time.monotonic()
         if not self.alias:
             return serve(self._loader(self.uri))
-        registered_version = registered_version or self._resolver(self.uri)
+        try:
+            registered_version = registered_version or self._resolver(self.uri)
+        except Exception as error:  # start-up's one-line reason: the registry's answer, or why it gave none
+            reason = " ".join(f"{type(error).__name__}: {error}".split())
+            raise ModelLoadError(f"cannot load model {self.uri}: {reason}") from error
         name, _, number = registered_version.rpartition("/")
         model = self._loader(f"models:/{name}/{number}")
         model.uri, model.registered_version = self.uri, registered_version

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ride_duration.behaviour import Finding, behaviour, failures
+from ride_duration.behaviour import Finding, behaviour, describe, failures
 from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL, load_model, quiet_mlflow, tracking_uri
 from ride_duration.serving import ServedModel, serve
 from ride_duration.settings import BATCH, Settings
@@ -356,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"@{CHALLENGER_ALIAS}: {describe_version(version)}")
         elif args.command == "promote":
             decision = promote(args.name, args.margin, settings)
-            for finding in decision.findings:
-                print(f"{'PASS' if finding.passed else 'FAIL'} {finding.kind}: {finding.name}: {finding.detail}")
+            if decision.findings:
+                print(describe(decision.findings))
             verdict = "promoted" if decision.promoted else "refused"
             print(f"{verdict}: {decision.reason}\n@{PRODUCTION_ALIAS} is version {decision.version}")
             return EXIT_PROMOTED if decision.promoted else EXIT_REFUSED

@@ -1,5 +1,6 @@
 """What tests share besides fixtures: the project root, real-data checks, environment and tracking-store
-blocks, and the web service's gunicorn command. Tests import it as `tests.helpers`."""
+blocks, the web service's gunicorn command, stand-in models and a stand-in registry of them. Tests import
+it as `tests.helpers`."""
 
 from __future__ import annotations
 

@@ -301,7 +301,7 @@ def test_sighup_and_a_rolling_restart_lose_no_request_and_never_go_back_to_an_ol
         {"MODEL_URI": ALIAS_URI, "MLFLOW_TRACKING_URI": tracking["url"], "MODEL_POLL_SECONDS": str(POLL_SECONDS)},
     )
     try:
-        moved = move_production(tracking, 2)
+        move_production(tracking, 2)
         time.sleep(POLL_SECONDS + 3)  # both workers have checked since the move
         with Load(url, clients=8, max_seconds=120) as load:
             started = time.monotonic()
@@ -323,7 +323,6 @@ def test_sighup_and_a_rolling_restart_lose_no_request_and_never_go_back_to_an_ol
         assert wrong_answers(answers, tracking["versions"]) == []
         assert {a.body["registered_version"] for a in answers} == {f"{REGISTERED_MODEL}/2"}, "back to v1"
         assert booted_workers(log) == 2 + 3 * 2 + 2
-        assert moved < started
     finally:
         local_stack.stop(process)
         print(local_stack.log_tail(log))

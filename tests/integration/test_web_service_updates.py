@@ -92,10 +92,26 @@ def tracking(tmp_path_factory, logs_dir):
 
 
 def move_production(tracking: dict, version: int) -> float:
-    """Point @production at `version`; returns when (time.monotonic) the registry said done."""
+    """Point @production at `version` and @previous at the version it left, as a promotion does; returns when
+    (time.monotonic) the registry said done."""
     from mlflow import MlflowClient
 
-    MlflowClient(tracking["url"]).set_registered_model_alias(REGISTERED_MODEL, PRODUCTION_ALIAS, str(version))
+    from ride_duration.lifecycle import PREVIOUS_ALIAS
+
+    registry = MlflowClient(tracking["url"])
+    current = registry.get_model_version_by_alias(REGISTERED_MODEL, PRODUCTION_ALIAS).version
+    if current != str(version):
+        registry.set_registered_model_alias(REGISTERED_MODEL, PREVIOUS_ALIAS, current)
+    registry.set_registered_model_alias(REGISTERED_MODEL, PRODUCTION_ALIAS, str(version))
+    return time.monotonic()
+
+
+def roll_back(tracking: dict) -> float:
+    """The lifecycle's rollback (@production back to @previous); returns when it was done (time.monotonic)."""
+    from ride_duration import lifecycle
+
+    with tracking_store(tracking["url"]):
+        assert lifecycle.rollback().restored == "1"
     return time.monotonic()
 
 
@@ -258,10 +274,10 @@ def test_a_moved_alias_reaches_every_worker_under_load_and_survives_the_tracking
     assert "kept ride-duration/2" in down_health["last_poll"]["message"] and down_health["failed_polls"] > 0
     assert down_polls.get("failed", 0) > 0 and down_polls.get("swapped", 0) >= 2  # each worker swapped once
 
-    # Rollback: the tracking server comes back, and @production moves back to version 1.
+    # Rollback: the tracking server comes back, and the lifecycle moves @production back to @previous, version 1.
     tracking["start"]()
     with Load(url, clients=2) as load:
-        moved_back = move_production(tracking, 1)
+        moved_back = roll_back(tracking)
         wait_until(
             lambda: any(a.body["registered_version"] == f"{REGISTERED_MODEL}/1" for a in load.since(moved_back)),
             POLL_SECONDS + 15,
@@ -326,3 +342,76 @@ def test_sighup_and_a_rolling_restart_lose_no_request_and_never_go_back_to_an_ol
     finally:
         local_stack.stop(process)
         print(local_stack.log_tail(log))
+
+
+class KeepAliveRaceServer:
+    """A loopback HTTP server that answers the first request of each connection and then, on the second,
+    closes the connection: `unanswered` without a byte (the keep-alive race), `half` halfway through
+    the answer's body."""
+
+    ANSWER = b'{"duration": 1.5}'
+
+    def __init__(self, second: str):
+        import socket
+
+        self.second = second
+        self.listener = socket.create_server((local_stack.HOST, 0))
+        self.listener.settimeout(20)
+        self.url = f"http://{local_stack.HOST}:{self.listener.getsockname()[1]}/predict"
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _read_request(self, connection) -> bool:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return False
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(
+            next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        )
+        while len(body) < length:
+            body += connection.recv(65536)
+        return True
+
+    def _answer(self, body_bytes: int | None = None) -> bytes:
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(self.ANSWER)}\r\n\r\n"
+        return head.encode() + self.ANSWER[:body_bytes]
+
+    def _serve(self) -> None:
+        for _ in range(4):  # bounded: no test needs more connections
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with connection:
+                connection.settimeout(20)
+                if self._read_request(connection):
+                    connection.sendall(self._answer())
+                if self._read_request(connection) and self.second == "half":
+                    connection.sendall(self._answer(body_bytes=5))
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("second", ["unanswered", "half"])
+def test_the_client_sends_a_request_again_only_if_the_connection_closed_before_any_answer(second):
+    server = KeepAliveRaceServer(second)
+    client = web_client.PredictionClient(server.url, timeout=10)
+    try:
+        assert client.predict({"ride": 1}).json() == {"duration": 1.5}
+        if second == "unanswered":  # sent again on a new connection, and answered there
+            assert client.predict({"ride": 2}).json() == {"duration": 1.5}
+            assert (client.retries, server.connections) == (1, 2)
+        else:  # the answer had begun: an error, not a second request
+            with pytest.raises(requests.RequestException):
+                client.predict({"ride": 2}).json()
+            assert (client.retries, server.connections) == (0, 1)
+    finally:
+        client.close()
+        server.close()

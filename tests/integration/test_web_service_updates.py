@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,8 +301,29 @@ def load_time(tracking: dict, version: int) -> float:
     return time.monotonic() - started
 
 
-def booted_workers(log) -> int:
-    return log.read_text(errors="replace").count("Booting worker with pid")
+def worker_pids(master: int) -> set[int]:
+    """The live child processes of gunicorn's master (its workers, exiting ones included), read from /proc."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            state, parent = stat.rpartition(")")[2].split()[:2]
+            if int(parent) == master and state != "Z":
+                pids.add(int(entry))
+    return pids
+
+
+def replaced(master: int, old: set[int], timeout: float = 30) -> set[int]:
+    """Wait until the master runs 2 workers again, none of them in `old`; returns them."""
+
+    def new_workers() -> set[int]:
+        now = worker_pids(master)
+        return now if len(now) == 2 and not now & old else set()
+
+    return wait_until(new_workers, timeout)
 
 
 @pytest.mark.slow
@@ -319,26 +341,31 @@ def test_sighup_and_a_rolling_restart_lose_no_request_and_never_go_back_to_an_ol
     try:
         move_production(tracking, 2)
         time.sleep(POLL_SECONDS + 3)  # both workers have checked since the move
-        with Load(url, clients=8, max_seconds=120) as load:
+        workers = worker_pids(process.pid)
+        assert len(workers) == 2
+        with Load(url, clients=8, max_seconds=150) as load:
             started = time.monotonic()
             time.sleep(2)
             for _ in range(3):
                 os.kill(process.pid, signal.SIGHUP)
-                time.sleep(4)
+                workers = replaced(process.pid, workers)
+                assert workers, "a SIGHUP did not replace both workers within 30 s"
+                time.sleep(1)
+            before_rolling = workers
             for _ in range(2):  # a rolling restart: one more worker, then the oldest one goes
-                before = booted_workers(log)
                 os.kill(process.pid, signal.SIGTTIN)
-                wait_until(lambda before=before: booted_workers(log) > before, 20)
+                assert wait_until(lambda: len(worker_pids(process.pid)) == 3, 30)
                 time.sleep(1)
                 os.kill(process.pid, signal.SIGTTOU)
-                time.sleep(3)
-            time.sleep(2)
+                assert wait_until(lambda: len(worker_pids(process.pid)) == 2, 30)
+                time.sleep(1)
+            assert not worker_pids(process.pid) & before_rolling, "the rolling restart left a worker"
+            time.sleep(1)
         answers = load.since(started)
         print(f"{len(answers)} requests across 3 SIGHUPs and a rolling restart, {load.retries} retried")
         assert answers and failures(answers) == []
         assert wrong_answers(answers, tracking["versions"]) == []
         assert {a.body["registered_version"] for a in answers} == {f"{REGISTERED_MODEL}/2"}, "back to v1"
-        assert booted_workers(log) == 2 + 3 * 2 + 2
     finally:
         local_stack.stop(process)
         print(local_stack.log_tail(log))

@@ -6,12 +6,16 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ride_duration import local_stack
 from ride_duration.data import month_filename
 from ride_duration.settings import PROJECT_ROOT, Settings, exported
+
+if TYPE_CHECKING:
+    from ride_duration.serving import ModelService
 
 ROOT = PROJECT_ROOT
 IN_CI = os.environ.get("CI") == "true"
@@ -101,3 +105,47 @@ def stand_in_model(version: str = "m-stand-in", *, slope: float = 2.0, regressor
     pipeline = train.make_pipeline(LinearRegression() if regressor is None else regressor)
     pipeline.fit([ride_features(r) for r in rides], durations)
     return LoadedModel(pipeline=pipeline, model_id=version, uri=f"memory://{version}")
+
+
+class StandInRegistry:
+    """Versions of ride-duration as stand-in models (version N predicts with slope N), and where @production points."""
+
+    def __init__(self, production: int = 1):
+        self.production = production
+        self.down = False
+        self.loads = []
+
+    def resolve(self, uri: str) -> str:
+        assert uri == "models:/ride-duration@production"
+        if self.down:
+            raise ConnectionError("the tracking server is not answering")
+        return f"ride-duration/{self.production}"
+
+    def load(self, uri: str):
+        self.loads.append(uri)
+        number = int(uri.rpartition("/")[2])
+        model = stand_in_model(f"m-{number}", slope=float(number))
+        if number < 0:  # a version that fails its self-check
+            model.pipeline.steps[1][1].intercept_ = float("nan")
+        return model
+
+    def service(self, **options) -> ModelService:
+        """A service following @production, checking at most once a second."""
+        from ride_duration.serving import ModelService
+
+        settings = Settings.from_environ({"MODEL_POLL_SECONDS": "1"})
+        uri = "models:/ride-duration@production"
+        return ModelService(uri, settings=settings, loader=self.load, resolver=self.resolve, **options)
+
+
+class Clock:
+    """Stands for the time module of ride_duration.serving (monkeypatch it there): time moves when a test says."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+    def time(self):
+        return self.now

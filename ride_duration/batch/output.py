@@ -192,7 +192,8 @@ def atomic_parquet(destination: str | Path, schema, info: dict):
 
 
 def output_info(destination: str | Path) -> dict | None:
-    """{"model_version", "month", "synthetic"} of an existing output, or None if there is none.
+    """{"model_version", "month", "synthetic"} of an existing output (and "registered_version" if it names
+    one), or None if there is none.
 
     Reads only metadata: the parquet footer locally, the object's metadata on S3.
     """
@@ -245,7 +246,7 @@ def scored_already(
     if existing_source != source:
         return False, f"existing output was scored from {existing_source} rides, these are {source}"
     if info["model_version"] != model_version:
-        return False, f"scored by {model_label(info['model_version'], info['registered_version'])}"
+        return False, f"scored by {model_label(info['model_version'], info.get('registered_version'))}"
     if rows is not None and rows != month_input.num_rows:
         return False, f"existing output has {rows:,} rows for {month_input.num_rows:,} rides"
     return True, f"already scored by {model_label(model_version, registered_version)} from {source} rides"
@@ -259,12 +260,13 @@ def output_rows(destination: str | Path) -> int:
 
 
 def decode_info(raw: dict) -> dict:
-    return {
+    """Output info as Python values; "registered_version" only for an output that names one."""
+    info = {
         "model_version": raw.get("model_version") or None,
-        "registered_version": raw.get("registered_version") or None,
         "month": raw.get("month") or None,
         "synthetic": raw.get("synthetic") == "true",
     }
+    return {**info, "registered_version": raw["registered_version"]} if raw.get("registered_version") else info
 
 
 def decode_parquet_info(meta: dict) -> dict:

@@ -204,7 +204,6 @@ def test_s3_output_on_moto(registered_model, model, bucket, tmp_path):
     info = batch.output_info(destination)
     assert info == {
         "model_version": registered_model["model_id"],
-        "registered_version": None,  # an artifact URI names no registered version
         "month": "green/2021-03",
         "synthetic": False,
     }

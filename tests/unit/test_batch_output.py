@@ -55,18 +55,20 @@ def test_output_info_is_in_the_footer_and_read_back(tmp_path):
     write_output(destination, info=batch.output_info_for("m-test", "green", 2021, 3, True))
     assert batch.output_info(destination) == {
         "model_version": "m-test",
-        "registered_version": None,
         "month": "green/2021-03",
         "synthetic": True,
     }
     assert pq.read_schema(destination).metadata[b"ride_duration.synthetic"] == b"true"  # the key inputs use
+    registered = tmp_path / "registered.parquet"  # a model served from the registry is named by its version too
+    write_output(registered, info=batch.output_info_for("m-test", "green", 2021, 3, False, "ride-duration/2"))
+    assert batch.output_info(registered)["registered_version"] == "ride-duration/2"
+    assert batch.read_output(registered).attrs["registered_version"] == "ride-duration/2"
     scored = batch.read_output(destination)
     assert len(scored) == 5 and scored.attrs["synthetic"] and scored.attrs["source"] == str(destination)
     assert batch.output_info(tmp_path / "none.parquet") is None
     (tmp_path / "junk.parquet").write_text("junk")
     assert batch.output_info(tmp_path / "junk.parquet") == {
         "model_version": None,
-        "registered_version": None,
         "month": None,
         "synthetic": False,
     }

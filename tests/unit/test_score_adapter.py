@@ -75,7 +75,6 @@ def test_synthetic_month_is_labelled(model, tmp_path, capsys):
     assert batch.read_output(result["output"]).attrs["synthetic"]
     assert batch.output_info(result["output"]) == {
         "model_version": "m-stand-in",
-        "registered_version": None,
         "month": "green/2021-03",
         "synthetic": True,
     }

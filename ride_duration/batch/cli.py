@@ -85,11 +85,11 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     backfill_parser = commands.add_parser(
         "backfill",
         help="score a range of months",
-        description="Score every month from --from to --to, with the model taken once (an alias is resolved once "
-        "per run); a month whose output is readable and holds that month, scored from the same kind of rides "
-        "(real or synthetic) by the same model version, is skipped unless --force; a month another version "
-        "scored (an older one after a promotion, a newer one after a rollback) is scored again. Prints a line per month saying why, then a summary table; "
-        "exit code 1 if a month failed.",
+        description="Score every month from --from to --to, with the model taken once (an alias is resolved "
+        "once per run); a month whose output is readable and holds that month, scored from the same kind of "
+        "rides (real or synthetic) by the same model version, is skipped unless --force; a month another "
+        "version scored (an older one after a promotion, a newer one after a rollback) is scored again. "
+        "Prints a line per month saying why, then a summary table; exit code 1 if a month failed.",
     )
     add_data_options(backfill_parser, inherit=True)
     backfill_parser.add_argument("--from", dest="start", required=True, metavar="YYYY-MM", help="first month")

@@ -12,22 +12,16 @@ from ride_duration.data import add_duration, month_filename, read_month_file
 from ride_duration.features import frame_features
 from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL
 from tests.batch_support import import_score, month_file, run_cli
-from tests.helpers import move_alias, register_stand_ins, registry_server, tracking_store
+from tests.helpers import move_alias, tracking_store
 
 score = import_score()
 PRODUCTION_URI = f"models:/{REGISTERED_MODEL}@{PRODUCTION_ALIAS}"
 MONTHS = (1, 2, 3)
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory, logs_dir):
-    """A real MLflow server with versions 1 (slope 1) and 2 (slope 3) of ride-duration, @production at 1."""
-    with registry_server(tmp_path_factory.mktemp("registry"), logs_dir) as settings:
-        yield settings, register_stand_ins(settings, [1.0, 3.0])
-
-
-def test_a_backfill_follows_promotions_and_rollbacks(registry, tmp_path, monkeypatch, capsys):
-    settings, (first, second) = registry
+def test_a_backfill_follows_promotions_and_rollbacks(two_versions, tmp_path, monkeypatch, capsys):
+    settings, (first, second) = two_versions
+    move_alias(settings, first["number"])
     folder, root = tmp_path / "data", tmp_path / "output"
     for month in MONTHS:
         month_file(folder, 2021, month, synthetic=False, n_rides=2_000)

@@ -1,6 +1,6 @@
 """The Lambda handler (streaming/lambda_function.py, exported from notebook 04) as a Kinesis-records
-adapter around the serving core: containers built with their own settings, a stand-in model and a
-stand-in Kinesis client, no stream, no registry."""
+adapter around the serving core: containers built with their own settings, a stand-in model (or a stand-in
+registry whose @production moves) and a stand-in Kinesis client; no stream, no tracking server."""
 
 from __future__ import annotations
 

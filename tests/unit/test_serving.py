@@ -13,7 +13,7 @@ from ride_duration.features import ride_features
 from ride_duration.model import ModelLoadError
 from ride_duration.rides import EXAMPLE_RIDE, BadRide
 from ride_duration.serving import ModelService, serve
-from tests.helpers import StandInRegistry, stand_in_model
+from tests.helpers import Clock, StandInRegistry, stand_in_model
 
 RIDES = [
     EXAMPLE_RIDE,
@@ -96,17 +96,6 @@ def test_a_failed_check_keeps_the_current_model_and_says_why():
     assert service.current.version == "m-1" and service.failed_polls == 2
     registry.production = 2
     assert service.check().outcome == "swapped" and service.current.version == "m-2"
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def monotonic(self):
-        return self.now
-
-    def time(self):
-        return self.now
 
 
 def test_check_if_due_asks_at_most_once_per_interval_and_never_before_the_first_load(monkeypatch):

@@ -189,10 +189,10 @@ def register_stand_ins(settings: Settings, slopes: list[float]) -> list[dict]:
     return versions
 
 
-def move_alias(settings: Settings, number: int) -> None:
-    """Point ride-duration@production at version `number` (a promotion, or a rollback)."""
+def move_alias(settings: Settings, number: int, alias: str = "production") -> None:
+    """Point ride-duration@alias at version `number` (by hand, past the gate: a promotion, or a rollback)."""
     from mlflow import MlflowClient
 
-    from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL
+    from ride_duration.model import REGISTERED_MODEL
 
-    MlflowClient(settings.tracking_uri).set_registered_model_alias(REGISTERED_MODEL, PRODUCTION_ALIAS, str(number))
+    MlflowClient(settings.tracking_uri).set_registered_model_alias(REGISTERED_MODEL, alias, str(number))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ride_duration import batch, data, serving
+from ride_duration import batch, data, lifecycle, serving
 from ride_duration.data import add_duration, month_filename, read_month_file
 from ride_duration.features import frame_features
 from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL
@@ -60,7 +60,8 @@ def test_a_backfill_follows_promotions_and_rollbacks(two_versions, tmp_path, mon
         )
         assert_scored_by(first, (1, 2))
 
-        move_alias(settings, second["number"])  # a promotion
+        move_alias(settings, second["number"])  # a promotion, as the gate makes it: @previous keeps version 1
+        move_alias(settings, first["number"], lifecycle.PREVIOUS_ALIAS)
         assert backfill("2021-03") == (
             ["scored"] * 3,
             [
@@ -75,7 +76,7 @@ def test_a_backfill_follows_promotions_and_rollbacks(two_versions, tmp_path, mon
             [f"green/2021-0{m}: already scored by {names[2]} from real rides, skipped" for m in MONTHS],
         )
 
-        move_alias(settings, first["number"])  # a rollback
+        assert lifecycle.rollback(settings=settings).restored == str(first["number"])
         assert backfill("2021-03") == (
             ["scored"] * 3,
             [f"green/2021-0{m}: scored by {names[2]}, re-scoring with {names[1]}" for m in MONTHS],

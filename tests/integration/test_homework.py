@@ -149,3 +149,24 @@ def test_readme_shows_what_the_checker_prints_for_its_example(tmp_path):
     assert result.returncode == 1
     for line in printed.splitlines():
         assert line in result.stdout.splitlines(), line
+
+
+def test_the_rollback_question_tells_a_refusal_from_a_rollback(tmp_path):
+    """Q12 on the registry steps' store: the command refuses (nothing is @previous); once a version is
+    @previous, the same computation sees production go there instead."""
+    import mlflow
+    import registry_steps
+    from mlflow import MlflowClient
+
+    before = mlflow.get_tracking_uri()
+    try:
+        uri = registry_steps.make_store(tmp_path / "store")
+        refused = answers.rollback_answer(uri, registry_steps.NAME)
+        MlflowClient(uri).set_registered_model_alias(registry_steps.NAME, "previous", "3")
+        rolled_back = answers.rollback_answer(uri, registry_steps.NAME)
+        aliases = MlflowClient(uri).get_registered_model(registry_steps.NAME).aliases
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert answers.choice_letter("q12", refused) == committed_key("tlc")["q12"]["answer"] == "C"
+    assert answers.choice_letter("q12", rolled_back) == "D", rolled_back
+    assert {alias: str(version) for alias, version in aliases.items()} == {"production": "3"}  # @previous is gone

@@ -5,7 +5,8 @@
 
 The key is computed in-process from the project's library (read_month, the fixed model, the
 batch writer, the registry steps in a throwaway MLflow store, the Lambda handler behind the local
-event-source runner on a moto_server of its own, the schedule's cron expression), a different path
+event-source runner on a moto_server of its own, the schedule's cron expression, the behavioural
+tests on the served model, the lifecycle's rollback command on the registry steps' store), a different path
 from the one a learner takes (papermill, scripts/score.py, the web service, the command lines).
 solution.ipynb takes the learner's path; the tests check that both agree and that the committed
 keys equal freshly computed ones.
@@ -67,7 +68,26 @@ SCHEDULE_CHOICES = {
     "C": "2022-01-02 06:00 (scores 2022-01), 2022-02-02 06:00 (scores 2022-02)",
     "D": "2022-01-06 02:00 (scores 2021-12), 2022-02-06 02:00 (scores 2022-01)",
 }
-CHOICES = {"q3": EXPORT_COMMANDS, "q4": REGISTRY_CHOICES, "q9": STREAM_CHOICES, "q10": SCHEDULE_CHOICES}
+BEHAVIOUR_CHOICES = {
+    "A": "none: every test passes",
+    "B": "directional: zones 10 to 50, 0.5 to 40 mi",
+    "C": "invariance: alone, in a batch, in another order",
+    "D": "minimum functionality: the course's example ride, 40 miles",
+}
+ROLLBACK_CHOICES = {
+    "A": "production goes to version 2 (it was 3)",
+    "B": "production goes to version 1 (it was 2)",
+    "C": "it refuses, as no version is @previous (exit 2); production stays version 2",
+    "D": "production goes to version 3 (it was 2)",
+}
+CHOICES = {
+    "q3": EXPORT_COMMANDS,
+    "q4": REGISTRY_CHOICES,
+    "q9": STREAM_CHOICES,
+    "q10": SCHEDULE_CHOICES,
+    "q11": BEHAVIOUR_CHOICES,
+    "q12": ROLLBACK_CHOICES,
+}
 
 # Options per question and variant (in homework/README.md too; a test checks they agree). A letter
 # question's options are its letters; a numeric question's are numbers, one of them the answer.
@@ -82,6 +102,8 @@ OPTIONS = {
     "q8": {"tlc": [400_038, 411_527, 450_000, 500_000], "synthetic": [300_000, 350_000, 400_038, 450_000]},
     "q9": {"tlc": list(LETTERS), "synthetic": list(LETTERS)},
     "q10": {"tlc": list(LETTERS), "synthetic": list(LETTERS)},
+    "q11": {"tlc": list(LETTERS), "synthetic": list(LETTERS)},
+    "q12": {"tlc": list(LETTERS), "synthetic": list(LETTERS)},
 }
 
 # A numeric answer is right when it is within this of the computed value (README: "Tolerance: ±x").
@@ -133,8 +155,9 @@ def scored_month(model, year: int, month: int, synthetic: bool, output: Path):
     return read_output(str(output))
 
 
-def registry_answer() -> str:
-    """Q4: the registry steps run in a throwaway MLflow store; then where the aliases lead."""
+def registry_answers() -> tuple[str, str]:
+    """Q4 and Q12: the registry steps run in a throwaway MLflow store; where the aliases lead (Q4), then
+    what the lifecycle's rollback command does to that store (Q12)."""
     import mlflow
     import registry_steps
     from mlflow import MlflowClient
@@ -152,9 +175,45 @@ def registry_answer() -> str:
                 said = f"previous is version {previous.version}"
             except MlflowException:
                 said = "previous names no version"
+            registry = f"production is version {production.registered_version.split('/')[1]}; {said}"
+            rolled_back = rollback_answer(store.tracking_uri, registry_steps.NAME)
     finally:
         mlflow.set_tracking_uri(settings.tracking_uri)  # make_store pointed MLflow itself at the throwaway store
-    return f"production is version {production.registered_version.split('/')[1]}; {said}"
+    return registry, rolled_back
+
+
+def rollback_answer(tracking_uri: str, name: str) -> str:
+    """Q12: `python -m ride_duration.lifecycle rollback` run in-process on this store (its settings read from
+    the environment, as on the command line), then where production points."""
+    import contextlib
+    import io
+
+    from mlflow import MlflowClient
+
+    from ride_duration import lifecycle
+
+    before = MlflowClient(tracking_uri).get_model_version_by_alias(name, lifecycle.PRODUCTION_ALIAS).version
+    said = io.StringIO()
+    with exported({"MLFLOW_TRACKING_URI": tracking_uri}), contextlib.redirect_stdout(said):
+        with contextlib.redirect_stderr(said):
+            code = lifecycle.main(["rollback", "--name", name])
+    after = MlflowClient(tracking_uri).get_model_version_by_alias(name, lifecycle.PRODUCTION_ALIAS).version
+    if code == 0:
+        return f"production goes to version {after} (it was {before})"
+    if code == lifecycle.EXIT_NOTHING_TO_DO and "nothing to roll back to" in said.getvalue() and after == before:
+        return (
+            f"it refuses, as no version is @{lifecycle.PREVIOUS_ALIAS} (exit {code}); production stays version {after}"
+        )
+    raise RuntimeError(f"q12: the rollback exited {code}, production {before} -> {after}: {said.getvalue()!r}")
+
+
+def behaviour_answer(model) -> str:
+    """Q11: the behavioural tests of the promotion gate on the homework model as it is served; which fail."""
+    from ride_duration.behaviour import behaviour, failures
+    from ride_duration.serving import serve
+
+    failed = failures(behaviour(serve(model)))
+    return "; ".join(f"{finding.kind}: {finding.name}" for finding in failed) or "none: every test passes"
 
 
 def stream_answer() -> str:
@@ -313,9 +372,10 @@ def compute_key(variant: str) -> dict:
             "q8": sum(len(read_month("green", y, m, synthetic=synthetic)) for y, m in BACKFILL_MONTHS),
         }
     values["q3"] = export_command()
-    values["q4"] = registry_answer()
+    values["q4"], values["q12"] = registry_answers()
     values["q9"] = stream_answer()
     values["q10"] = schedule_answer()
+    values["q11"] = behaviour_answer(model)
     answers = {}
     for question in OPTIONS:
         value = values[question]

@@ -56,6 +56,10 @@ HINTS = {
     "q9": "a bad record is retried, then written to the failure file once; a good record re-delivered with it is "
     "skipped by the handler, which remembers what it wrote",
     "q10": "the five cron fields are minute, hour, day of month, month, day of week; a run scores the month before its date",
+    "q11": "run behaviour() on serve(load_model('homework/model')) and read the line that starts with FAIL: the kind "
+    "of test, then its name; compare what it predicts with the range the test expects",
+    "q12": "a rollback goes to the version @previous names; see what the aliases name after the registry steps (Q4) "
+    "and what the command prints to stderr",
 }
 LINE = re.compile(r"(q\d+)\s*[:=]\s*(.*)", flags=re.IGNORECASE)
 

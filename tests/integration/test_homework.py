@@ -86,7 +86,7 @@ def test_checker_says_which_answer_is_wrong_and_why(tmp_path):
     out = result.stdout
     assert re.search(rf"q1: WRONG  {wrong_letter} is not it; hint: .*std", out), out
     assert "q4: WRONG  'deadbeef' is not one of the letters A, B, C, D; hint: " in out
-    assert "q2: right" in out and "8/10 right (tlc months)" in out
+    assert "q2: right" in out and f"{len(key) - 2}/{len(key)} right (tlc months)" in out
 
 
 def test_the_command_line_reports_an_unreadable_answers_file_in_one_line(tmp_path):
@@ -114,7 +114,7 @@ def test_starter_notebook_runs_to_the_end_and_shows_marks_and_hints_for_missing_
     shown = last_cell_text(nbformat.read(tmp_path / "starter.ipynb", as_version=4))
     for question in answers.OPTIONS:
         assert f"{question}: WRONG  no answer; hint: {check.HINTS[question]}" in shown, shown
-    assert "0/10 right (synthetic months)" in shown
+    assert f"0/{len(answers.OPTIONS)} right (synthetic months)" in shown
     assert answers_file.read_text().splitlines() == [f"{q}: " for q in answers.OPTIONS]
 
 
@@ -138,7 +138,7 @@ def test_starter_notebook_shows_marks_and_hints_for_wrong_answers(tmp_path):
     assert f"q1: WRONG  'nan' is refused: not a finite number; hint: {check.HINTS['q1']}" in shown
     assert "q3: WRONG  'Z' is not one of the letters A, B, C, D; hint: " in shown
     assert "q8: WRONG  400,000 is not the exact answer; hint: " in shown
-    assert "q9: right" in shown and "1/10 right (tlc months)" in shown
+    assert "q9: right" in shown and f"1/{len(answers.OPTIONS)} right (tlc months)" in shown
 
 
 def test_readme_shows_what_the_checker_prints_for_its_example(tmp_path):
@@ -149,3 +149,24 @@ def test_readme_shows_what_the_checker_prints_for_its_example(tmp_path):
     assert result.returncode == 1
     for line in printed.splitlines():
         assert line in result.stdout.splitlines(), line
+
+
+def test_the_rollback_question_tells_a_refusal_from_a_rollback(tmp_path):
+    """Q12 on the registry steps' store: the command refuses (nothing is @previous); once a version is
+    @previous, the same computation sees production go there instead."""
+    import mlflow
+    import registry_steps
+    from mlflow import MlflowClient
+
+    before = mlflow.get_tracking_uri()
+    try:
+        uri = registry_steps.make_store(tmp_path / "store")
+        refused = answers.rollback_answer(uri, registry_steps.NAME)
+        MlflowClient(uri).set_registered_model_alias(registry_steps.NAME, "previous", "3")
+        rolled_back = answers.rollback_answer(uri, registry_steps.NAME)
+        aliases = MlflowClient(uri).get_registered_model(registry_steps.NAME).aliases
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert answers.choice_letter("q12", refused) == committed_key("tlc")["q12"]["answer"] == "C"
+    assert answers.choice_letter("q12", rolled_back) == "D", rolled_back
+    assert {alias: str(version) for alias, version in aliases.items()} == {"production": "3"}  # @previous is gone

@@ -92,7 +92,7 @@ MALFORMED = {
     "bad JSON": ('{"q1": "B",', "not valid JSON"),
     "JSON list": ('{"q1": ["B"]}', "q1 must be a letter or a number"),
     "no colon": ("q1: B\nq2 3.3\n", "line 2: expected 'q1: <letter or number>', got 'q2 3.3'"),
-    "no such question": ("q11: A\n", "line 1: there is no question q11 (q1 to q10)"),
+    "no such question": ("q13: A\n", "line 1: there is no question q13 (q1 to q12)"),
     "answered twice": ("q1: B\n\n# again\nq1: C\n", "line 4: q1 is answered twice"),
 }
 
@@ -214,3 +214,35 @@ def test_readme_says_how_many_records_the_stream_sample_has():
 
     count = len(send_events.sample_records(answers.STREAM_SAMPLE))
     assert f"holds {count} records" in readme_sections()["q9"]
+
+
+@pytest.mark.parametrize(
+    "slope, letter",
+    [(2.0, "A"), (0.0, "D")],
+    ids=["distance matters: every test passes", "distance ignored: the 40-mile ride fails"],
+)
+def test_the_behaviour_question_names_the_tests_a_model_fails(slope, letter):
+    from tests.helpers import stand_in_model
+
+    found = answers.behaviour_answer(stand_in_model(slope=slope))
+    assert answers.choice_letter("q11", found) == letter, found
+
+
+def test_a_model_failing_several_behavioural_tests_is_none_of_the_choices():
+    from tests.helpers import stand_in_model
+
+    found = answers.behaviour_answer(stand_in_model(slope=-0.1))
+    assert found.count("directional: ") > 1
+    with pytest.raises(RuntimeError, match="none of the choices"):
+        answers.choice_letter("q11", found)
+
+
+def test_the_homework_model_fails_the_example_ride_with_the_web_services_answer():
+    """Q11's failing test is Q6's ride: the duration it reports is the one the web service answers."""
+    from ride_duration.behaviour import behaviour, failures
+    from ride_duration.serving import serve
+
+    failed = failures(behaviour(serve(answers.fixed_model())))
+    key = committed_key("tlc")
+    assert [f"{f.kind}: {f.name}" for f in failed] == [key["q11"]["value"]]
+    assert failed[0].detail.startswith(f"{key['q6']['value']:.1f} min (expected 40 to ")

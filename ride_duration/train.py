@@ -67,6 +67,20 @@ def make_pipeline(regressor, max_miles: float | None = None):
     return Pipeline(steps)
 
 
+# The course's random forest: notebook 01 trains it, the benchmarks and tests serve it.
+FOREST_PARAMS = {"max_depth": 20, "n_estimators": 100, "min_samples_leaf": 10, "random_state": 1}
+
+
+def fit_forest(rides, n_estimators: int = FOREST_PARAMS["n_estimators"]):
+    """The course's forest (with n_estimators trees) fitted on `rides` on every core, then set to predict on one:
+    a deployment predicts a ride or a few at a time, and a thread pool costs more than a hundred small trees."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    params = {**FOREST_PARAMS, "n_estimators": n_estimators}
+    pipeline = fit(make_pipeline(RandomForestRegressor(**params, n_jobs=-1)), rides)
+    return pipeline.set_params(regressor__n_jobs=1)
+
+
 def minutes_per_mile(pipeline) -> float:
     """A linear pipeline's trip_distance coefficient: the minutes one more mile adds (below any cap)."""
     vectorizer, regressor = pipeline.steps[-2][1], pipeline.steps[-1][1]

@@ -3,7 +3,7 @@ UV_VERSION := 0.13.8
 # uv from the PATH, else a pinned copy in .tools/ (a venv of its own: no --user installs, no PEP 668 trouble)
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PY := .venv/bin/python
-NOTEBOOKS := 01-train 02-register 03-web-service 04-streaming 05-batch
+NOTEBOOKS := 01-train 02-register 03-web-service 04-streaming 05-batch 07-lifecycle
 
 .PHONY: setup tutorial test test-unit test-core test-orchestration lint export check-export bench stack-start stack-stop images
 

@@ -201,6 +201,21 @@ def _load_from_mlflow(uri: str, without_sklearn: bool, tracking: str) -> LoadedM
     return loaded
 
 
+def alias_of(uri: str) -> tuple[str, str] | None:
+    """(name, alias) of a `models:/NAME@ALIAS` URI, the only kind that can point at another version later."""
+    path = uri[len("models:/") :] if uri.startswith("models:/") else ""
+    name, at, alias = path.partition("@")
+    return (name, alias) if at and name and alias else None
+
+
+def resolve_alias(uri: str, settings: Settings | None = None) -> str:
+    """The registered version ("NAME/N") a `models:/NAME@ALIAS` URI points at now, asked of the tracking store."""
+    from mlflow import MlflowClient
+
+    name, alias = alias_of(uri)
+    return f"{name}/{MlflowClient(tracking_uri(settings)).get_model_version_by_alias(name, alias).version}"
+
+
 def _registered_version(uri: str, tracking: str) -> str | None:
     """'name/version' for models:/name@alias and models:/name/version URIs."""
     from mlflow import MlflowClient

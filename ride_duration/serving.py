@@ -5,6 +5,11 @@ thin adapters around a `ModelService`. It loads the model from a URI (at once, o
 cold start matters), builds the fast path and checks it against the pipeline, knows the version it serves,
 and swaps in a new model atomically: a caller takes `service.current` once and predicts a whole request
 or batch with that `ServedModel`, so work in flight finishes on the model it started with.
+
+A service started with a registry alias (`models:/ride-duration@production`) follows it: `check()` asks where
+the alias points, and loads, checks and swaps in the version it moved to; the web service calls it from a
+thread (`follow`), the Lambda handler between batches (`check_if_due`). A failed check keeps the current model
+and says why in `last_poll`. Any other URI names one model for good, and is never checked.
 """
 
 from __future__ import annotations
@@ -12,14 +17,19 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from ride_duration.features import FastPredictor, ride_features
-from ride_duration.model import LoadedModel, ModelLoadError, load_model
+from ride_duration.model import LoadedModel, ModelLoadError, alias_of, load_model, resolve_alias
 from ride_duration.rides import EXAMPLE_RIDE, validate_ride
-from ride_duration.settings import Settings
+from ride_duration.settings import Settings, export_defaults
+
+# MLflow retries a request 7 times with back-off (minutes against a server that is down); a check of the
+# alias is retried anyway at the next poll, so it asks briefly. A deployment's own values win.
+MLFLOW_HTTP_FOR_POLLS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 SELF_CHECK_TOLERANCE = 1e-9  # minutes; the fast path does the pipeline's sums in the same order
 
@@ -83,23 +93,54 @@ def has_predict(model: LoadedModel) -> bool:
     return callable(getattr(model.pipeline, "predict", None))
 
 
+@dataclass(frozen=True)
+class Poll:
+    """The outcome of one check of the alias: "unchanged", "swapped" or "failed", with a sentence saying more."""
+
+    at: float  # seconds since the epoch, when the check started
+    outcome: str
+    message: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 class ModelService:
     """The served model of one deployment, loaded from a URI, swappable while it serves.
 
     lazy: load on first use of `current` (the Lambda handler: a container that only rejects records
-    never loads a model). without_sklearn: see ride_duration.model.load_model.
+    never loads a model). without_sklearn: see ride_duration.model.load_model. loader and resolver
+    replace load_model and resolve_alias (tests serve stand-in models from a stand-in registry).
     """
 
     def __init__(
-        self, uri: str, *, lazy: bool = False, without_sklearn: bool = False, settings: Settings | None = None
+        self,
+        uri: str,
+        *,
+        lazy: bool = False,
+        without_sklearn: bool = False,
+        settings: Settings | None = None,
+        loader: Callable[[str], LoadedModel] | None = None,
+        resolver: Callable[[str], str] | None = None,
     ):
         if not uri:
             raise ModelLoadError("no model URI given (set MODEL_URI)")
         self.uri = uri
+        self.alias = alias_of(uri)  # (name, alias), or None for a URI that never moves
         self.without_sklearn = without_sklearn
         self.settings = settings
+        self.poll_seconds = (settings or Settings.from_environ(groups=("model",))).model_poll_seconds
+        self._loader = loader or (lambda uri: load_model(uri, without_sklearn=without_sklearn, settings=settings))
+        self._resolver = resolver or (lambda uri: resolve_alias(uri, settings))
+        if self.alias and resolver is None:
+            export_defaults(MLFLOW_HTTP_FOR_POLLS)
+        self.last_poll: Poll | None = None
+        self.failed_polls = 0
+        self._checked_at = time.monotonic()
         self._current: ServedModel | None = None
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._follower: threading.Thread | None = None
         if not lazy:
             self.load()
 
@@ -111,7 +152,8 @@ class ModelService:
     @classmethod
     def for_model(cls, model: LoadedModel) -> ModelService:
         """A service for a model already in memory (a backfill loads once; tests pass stand-in models)."""
-        service = cls(model.uri or "memory", lazy=True)
+        service = cls(model.uri or "memory", lazy=True, loader=lambda uri: model, resolver=lambda uri: "")
+        service.alias = None  # this one model, whatever URI it came from
         service.swap(model)
         return service
 
@@ -130,8 +172,13 @@ class ModelService:
     def loaded(self) -> bool:
         return self._current is not None
 
+    @property
+    def follows(self) -> bool:
+        """True if the URI is a registry alias, which can move to another version while the service runs."""
+        return self.alias is not None
+
     def load(self) -> ServedModel:
-        """Load the model at the service's URI again (e.g. after its alias moved) and swap it in."""
+        """Load the model at the service's URI again (for an alias: the version it points at now) and swap it in."""
         return self.swap(self._fetch())
 
     def swap(self, model: LoadedModel | ServedModel) -> ServedModel:
@@ -141,7 +188,72 @@ class ModelService:
             self._current = served
         return served
 
-    def _fetch(self) -> ServedModel:
-        return serve(load_model(self.uri, without_sklearn=self.without_sklearn, settings=self.settings))
+    def _fetch(self, registered_version: str | None = None) -> ServedModel:
+        """The model the URI names, loaded and checked. For an alias, the version is asked first and loaded
+        by its number, so that the version recorded is the one loaded even if the alias moves meanwhile."""
+        self._checked_at = time.monotonic()
+        if not self.alias:
+            return serve(self._loader(self.uri))
+        registered_version = registered_version or self._resolver(self.uri)
+        name, _, number = registered_version.rpartition("/")
+        model = self._loader(f"models:/{name}/{number}")
+        model.uri, model.registered_version = self.uri, registered_version
+        return serve(model)
+
+    def check(self) -> Poll:
+        """Ask where the alias points; if it moved, load that version off the request path, check it and swap
+        it in. Never raises: when the registry cannot be asked or the new version fails its check, the
+        current model keeps serving, and `last_poll` and `failed_polls` say so."""
+        started = time.time()
+        self._checked_at = time.monotonic()
+        serving = self._current.registered_version if self._current else None
+        try:
+            target = self._resolver(self.uri)
+            if self._current is not None and target == serving:
+                poll = Poll(started, "unchanged", f"@{self.alias[1]} still points at {target}")
+            else:
+                self.swap(self._fetch(target))
+                poll = Poll(started, "swapped", f"@{self.alias[1]} moved to {target}: serving it (was {serving})")
+        except Exception as error:
+            self.failed_polls += 1
+            reason = " ".join(f"{type(error).__name__}: {error}".split())
+            poll = Poll(started, "failed", f"kept {serving}: {reason}")
+        self.last_poll = poll
+        return poll
+
+    def check_if_due(self) -> Poll | None:
+        """check() if the service follows an alias, has a model, and checked last at least poll_seconds ago:
+        at most one check per interval, and none before the first model is loaded (a cold start costs no more)."""
+        if self.alias and self._current is not None and time.monotonic() - self._checked_at >= self.poll_seconds:
+            return self.check()
+        return None
+
+    def follow(self, on_poll: Callable[[Poll], None] | None = None) -> bool:
+        """Check the alias every poll_seconds from a daemon thread, calling on_poll with each outcome.
+
+        Start it in the process that serves (each gunicorn worker: threads do not survive a fork); a second
+        call while the thread runs does nothing. False, and no thread, for a URI that never moves.
+        """
+        if not self.alias:
+            return False
+        if self._follower is not None and self._follower.is_alive():
+            return True
+        self._stop.clear()
+
+        def run():
+            while not self._stop.wait(self.poll_seconds):
+                poll = self.check()
+                if on_poll is not None:
+                    on_poll(poll)
+
+        self._follower = threading.Thread(target=run, name="model-poll", daemon=True)
+        self._follower.start()
+        return True
+
+    def stop_following(self, timeout: float = 30.0) -> None:
+        """Stop the thread follow() started, waiting for a check in progress (at most `timeout` seconds)."""
+        self._stop.set()
+        if self._follower is not None:
+            self._follower.join(timeout)
 
     validate = staticmethod(validate_ride)  # the one check of a ride, raising BadRide saying what is wrong

@@ -45,6 +45,12 @@ class Settings:
         "the model to serve or score: `models:/NAME@ALIAS`, `models:/m-...`, `runs:/...`, or the artifact folder as `s3://`, `file://` or a path",
         group="model",
     )
+    model_poll_seconds: int = variable(
+        "MODEL_POLL_SECONDS",
+        30,
+        "how often a web service or Lambda container started with `models:/NAME@ALIAS` checks where the alias points, and swaps in the version it moved to",
+        group="model",
+    )
     mlflow_tracking_uri: str = variable(
         "MLFLOW_TRACKING_URI",
         "",

@@ -1,19 +1,18 @@
-"""Training, tracking and registration: the named steps of notebooks 01 and 02.
+"""Training and tracking: the named steps of notebook 01, and the search for its best run.
 
 The notebooks explain and call these; tests call them too, so a registered model can be made
-in seconds without running a notebook.
+in seconds without running a notebook. Registering and promoting a model is ride_duration.lifecycle.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
 from ride_duration.features import ClipDistance, frame_features
-from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL, quiet_mlflow, tracking_uri
+from ride_duration.model import quiet_mlflow, tracking_uri
 from ride_duration.settings import Settings
 
 EXPERIMENT = "ride-duration"
@@ -162,146 +161,6 @@ def best_run(experiment: str = EXPERIMENT, metric: str = "val_rmse", validation:
     if not comparable:
         raise LookupError(f"no finished run validated on {describe_data(validation)} in experiment {experiment!r}")
     return min(comparable, key=lambda run: run.data.metrics[metric])
-
-
-def rmse_on(pipeline, data: dict) -> float:
-    """The pipeline's RMSE on a validation data set, read as notebook 01 reads it (rides of 1 to 60 minutes)."""
-    from ride_duration.data import read_month, training_rides
-
-    year, month = (int(part) for part in data["val_month"].split("-"))
-    rides = read_month(data["taxi_type"], year, month, synthetic=data["data_source"] != REAL_DATA)
-    return rmse(pipeline, training_rides(rides, data["taxi_type"]))
-
-
-@dataclass
-class Promotion:
-    """What register_best decided, and why."""
-
-    promoted: bool
-    reason: str
-    version: str | None  # the registered version the alias points at afterwards
-    candidate: object  # the best comparable run (mlflow.entities.Run)
-    candidate_rmse: float
-    champion: object | None  # the version the alias pointed at before (ModelVersion), if any
-    champion_rmse: float | None  # the champion's RMSE on the candidate's validation data, if compared
-
-
-def current_champion(name: str, alias: str):
-    """The model version `alias` points at, or None."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:  # no such registered model, or no such alias yet
-        return None
-
-
-def version_model_id(version) -> str:
-    """The logged model ("m-...") behind a registered version: the embedded store leaves model_id empty,
-    its source ("models:/m-...") names it."""
-    return version.model_id or version.source.removeprefix("models:/")
-
-
-def judge(candidate, champion, metric: str, settings: Settings | None = None) -> tuple[bool, str, float | None]:
-    """(promote?, why, the champion's RMSE on the candidate's data) for a candidate run against a champion;
-    `settings` names the tracking store the champion is loaded from."""
-    data, rmse_new = validation_data(candidate), candidate.data.metrics[metric]
-    if champion is None:
-        return True, "no version had the alias yet", None
-    if version_model_id(champion) == candidate.outputs.model_outputs[0].model_id:
-        return False, "the best comparable run is already the champion", None
-    import mlflow
-
-    from ride_duration.model import load_model
-
-    champion_run = mlflow.get_run(champion.run_id)
-    champion_data = validation_data(champion_run)
-    if champion_data["data_source"] == REAL_DATA and data["data_source"] != REAL_DATA:
-        return (
-            False,
-            (
-                f"a model validated on {describe_data(data)} never replaces one validated on real data "
-                f"({describe_data(champion_data)})"
-            ),
-            None,
-        )
-    if data["data_source"] == REAL_DATA and champion_data["data_source"] != REAL_DATA:
-        return True, f"real data replaces a champion validated on {describe_data(champion_data)}", None
-    if champion_data == data:
-        rmse_old = champion_run.data.metrics[metric]
-    else:
-        try:
-            rmse_old = rmse_on(load_model(f"models:/{version_model_id(champion)}", settings=settings).pipeline, data)
-        except Exception as error:  # the data or the champion cannot be had: keep what serves now
-            reason = " ".join(f"{type(error).__name__}: {error}".split())
-            return False, f"the champion could not be evaluated on {describe_data(data)}: {reason}", None
-    if rmse_new < rmse_old:
-        return True, f"{metric} {rmse_new:.4f} beats the champion's {rmse_old:.4f} on {describe_data(data)}", rmse_old
-    return (
-        False,
-        f"{metric} {rmse_new:.4f} does not beat the champion's {rmse_old:.4f} on {describe_data(data)}",
-        rmse_old,
-    )
-
-
-def register_best(
-    experiment: str = EXPERIMENT,
-    name: str = REGISTERED_MODEL,
-    alias: str = PRODUCTION_ALIAS,
-    metric: str = "val_rmse",
-    settings: Settings | None = None,
-) -> Promotion:
-    """Register the best comparable run's model and point `alias` at it, if it beats the champion honestly.
-
-    The candidate is best_run(): the lowest RMSE among runs on the newest run's validation data. It
-    replaces the version at `alias` only if that one is on synthetic data while the candidate is on
-    real data, or if the candidate's RMSE is lower on the same data (the champion is re-evaluated on
-    the candidate's validation month when it was validated on another one). A model on synthetic data
-    never replaces one on real data. A promoted version carries tags and a description saying why.
-    Runs are searched in the store setup_tracking chose; `settings` must name the same one.
-    """
-    import mlflow
-    from mlflow import MlflowClient
-
-    candidate = best_run(experiment, metric)
-    champion = current_champion(name, alias)
-    promote, reason, champion_rmse = judge(candidate, champion, metric, settings)
-    result = Promotion(
-        promote,
-        reason,
-        str(champion.version) if champion else None,
-        candidate,
-        candidate.data.metrics[metric],
-        champion,
-        champion_rmse,
-    )
-    if not promote:
-        return result
-    data = validation_data(candidate)
-    tags = {
-        "promoted_because": reason,
-        metric: repr(result.candidate_rmse),
-        "validation_data": describe_data(data),
-        "data_source": data["data_source"] or "unknown",
-        "train_month": candidate.data.params.get("train_month", "unknown"),
-        "replaced_version": str(champion.version) if champion else "none",
-        "replaced_model_id": version_model_id(champion) if champion else "none",
-        f"replaced_{metric}_on_this_data": "not compared" if champion_rmse is None else repr(champion_rmse),
-    }
-    model_id = candidate.outputs.model_outputs[0].model_id
-    with quiet_mlflow():
-        version = mlflow.register_model(f"models:/{model_id}", name, tags=tags)
-    client = MlflowClient()
-    description = (
-        f"Run {candidate.info.run_name or candidate.info.run_id}: {metric} {result.candidate_rmse:.4f} on "
-        f"{describe_data(data)}. Promoted to @{alias}: {reason}"
-        + (f" (replaced version {champion.version})." if champion else ".")
-    )
-    client.update_model_version(name, version.version, description=description)
-    client.set_registered_model_alias(name, alias, version.version)
-    result.version = str(version.version)
-    return result
 
 
 def model_data(model_id: str, settings: Settings | None = None) -> dict:

@@ -59,12 +59,13 @@ def training_months():
 
 @pytest.fixture(scope="session")
 def registered_model(tmp_path_factory, training_months):
-    """A LinearRegression pipeline trained like notebook 01 and registered like notebook 02, in an
+    """A LinearRegression pipeline trained like notebook 01 (on rides of plausible distances) and promoted
+    through the gate like notebook 02, in an
     embedded tracking store of its own (use it with `tracking_store(model["tracking_uri"])`).
     Returns the URIs and the in-memory pipeline."""
     from sklearn.linear_model import LinearRegression
 
-    from ride_duration import train
+    from ride_duration import lifecycle, train
     from ride_duration.data import read_month, training_rides
     from ride_duration.model import artifact_uri
 
@@ -75,25 +76,28 @@ def registered_model(tmp_path_factory, training_months):
         taxi = training_months["taxi_type"]
         rides = training_rides(read_month(taxi, *training_months["train"], synthetic=synthetic), taxi)
         val = training_rides(read_month(taxi, *training_months["val"], synthetic=synthetic), taxi)
+        rides = rides[(rides["trip_distance"] > 0) & (rides["trip_distance"] <= 100)]
         pipeline = train.fit(train.make_pipeline(LinearRegression()), rides)
-        info = train.log_pipeline(
-            pipeline,
-            params={
+        run = {
+            "params": {
                 "regressor": "LinearRegression",
                 "taxi_type": taxi,
                 "train_month": "2021-01",
                 "val_month": "2021-02",
             },
-            metrics={"val_rmse": train.rmse(pipeline, val)},
-            tags={"data_source": "synthetic" if synthetic else "tlc"},
-        )
-        version = train.register_best()
+            "metrics": {"val_rmse": train.rmse(pipeline, val)},
+            "tags": {"data_source": "synthetic" if synthetic else "tlc"},
+        }
+        info = train.log_pipeline(pipeline, **run)
+        version = lifecycle.register_best()
+        assert version.promoted, version.reason
         model = {
             "uri": "models:/ride-duration@production",
             "model_id": info.model_id,
             "artifact_uri": artifact_uri("models:/ride-duration@production"),
             "version": version.version,
             "pipeline": pipeline,
+            "run": run,  # what it was logged with: params, metrics, tags
             "tracking_uri": uri,
         }
     return model

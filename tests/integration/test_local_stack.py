@@ -21,14 +21,15 @@ RIDE = {"PULocationID": 43, "DOLocationID": 151, "trip_distance": 1.8}
 REGISTER = """
 import json
 from sklearn.linear_model import LinearRegression
-from ride_duration import train
+from ride_duration import lifecycle, train
 from ride_duration.data import read_month, training_rides
 rides = training_rides(read_month("green", 2021, 1, synthetic=True), "green")
 train.setup_tracking()
 pipeline = train.fit(train.make_pipeline(LinearRegression()), rides)
-info = train.log_pipeline(pipeline, params={"regressor": "LinearRegression"},
+params = {"regressor": "LinearRegression", "taxi_type": "green", "train_month": "2021-01", "val_month": "2021-01"}
+info = train.log_pipeline(pipeline, params=params,
                           metrics={"val_rmse": train.rmse(pipeline, rides)}, tags={"data_source": "synthetic"})
-train.register_best()
+assert lifecycle.register_best().promoted
 print(json.dumps({"model_id": info.model_id}))
 """
 

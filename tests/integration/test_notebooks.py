@@ -72,3 +72,18 @@ def test_02_registers_the_best_run_and_loads_it_from_s3_with_the_server_down(reg
 def test_executed_notebooks_print_no_library_warnings_or_logs(registered, tutorial_store):
     for executed in (tutorial_store / "01-train.ipynb", registered):
         assert noise(executed) == [], f"{executed.name} has library noise in its outputs"
+
+
+def test_07_swaps_the_model_under_live_requests_and_rolls_back_without_a_failed_answer(registered, tutorial_store):
+    """Notebook 07 after 01 and 02: a refused challenger, a promoted one the service follows, a rollback."""
+    from mlflow import MlflowClient
+
+    before = MlflowClient().get_model_version_by_alias("ride-duration", "production").version
+    executed = run_notebook("07-lifecycle", {"poll_seconds": 1}, output_dir=tutorial_store)
+    text = executed.read_text()
+    assert "refused: fails" in text and "the course's example ride, 40 miles" in text
+    assert "promoted: val_rmse" in text and "better by more than 1%" in text
+    assert ", 0 failed, 0 not their version's prediction" in text
+    assert "first answer from ride-duration/" in text and "the service followed in" in text
+    assert MlflowClient().get_model_version_by_alias("ride-duration", "production").version == before
+    assert noise(executed) == [], "07-lifecycle has library noise in its outputs"

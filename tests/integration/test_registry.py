@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ride_duration import local_stack, train
+from ride_duration import lifecycle, local_stack, train
 from ride_duration.features import ride_features
 from ride_duration.model import ModelLoadError, artifact_uri, load_model
 from ride_duration.settings import Settings
@@ -54,8 +54,8 @@ def test_production_model_loads_from_s3_with_the_tracking_server_stopped(
     try:
         with tracking_store(registered_model["tracking_uri"]):
             train.setup_tracking(settings=server_settings)
-            train.log_pipeline(registered_model["pipeline"], params={}, metrics={"val_rmse": 1.0}, tags={})
-            train.register_best(settings=server_settings)
+            train.log_pipeline(registered_model["pipeline"], **registered_model["run"])
+            assert lifecycle.register_best(settings=server_settings).promoted
             before = load_model("models:/ride-duration@production", settings=server_settings)
             s3_uri = artifact_uri("models:/ride-duration@production", server_settings)
     finally:

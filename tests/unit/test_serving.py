@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from ride_duration.features import ride_features
 from ride_duration.model import ModelLoadError
 from ride_duration.rides import EXAMPLE_RIDE, BadRide
 from ride_duration.serving import ModelService, serve
+from ride_duration.settings import Settings
 from tests.helpers import stand_in_model
 
 RIDES = [
@@ -53,18 +55,124 @@ def test_a_model_whose_answer_is_not_finite_is_refused():
         serve(model)
 
 
-def test_a_lazy_service_loads_on_first_use_only(monkeypatch):
-    calls = []
+class StandInRegistry:
+    """Versions of ride-duration as stand-in models (version N predicts with slope N), and where @production points."""
 
-    def load(uri, **options):
-        calls.append(uri)
-        return stand_in_model()
+    def __init__(self, production: int = 1):
+        self.production = production
+        self.down = False
+        self.loads = []
 
-    monkeypatch.setattr("ride_duration.serving.load_model", load)
-    service = ModelService("models:/ride-duration@production", lazy=True)
-    assert not service.loaded and calls == []
-    assert service.current.version == "m-stand-in"
-    assert service.current is service.current and calls == ["models:/ride-duration@production"]
+    def resolve(self, uri: str) -> str:
+        assert uri == "models:/ride-duration@production"
+        if self.down:
+            raise ConnectionError("the tracking server is not answering")
+        return f"ride-duration/{self.production}"
+
+    def load(self, uri: str):
+        self.loads.append(uri)
+        number = int(uri.rpartition("/")[2])
+        model = stand_in_model(f"m-{number}", slope=float(number))
+        if number < 0:  # a version that fails its self-check
+            model.pipeline.steps[1][1].intercept_ = float("nan")
+        return model
+
+    def service(self, **options) -> ModelService:
+        settings = Settings.from_environ({"MODEL_POLL_SECONDS": "1"})
+        uri = "models:/ride-duration@production"
+        return ModelService(uri, settings=settings, loader=self.load, resolver=self.resolve, **options)
+
+
+def test_a_lazy_service_loads_on_first_use_only():
+    registry = StandInRegistry(production=3)
+    service = registry.service(lazy=True)
+    assert not service.loaded and registry.loads == []
+    assert service.current.version == "m-3"
+    assert service.current is service.current and registry.loads == ["models:/ride-duration/3"]
+
+
+def test_an_alias_is_loaded_by_the_version_it_points_at_and_named_by_both():
+    served = StandInRegistry(production=3).service().current
+    assert (served.uri, served.registered_version, served.version) == (
+        "models:/ride-duration@production",
+        "ride-duration/3",
+        "m-3",
+    )
+
+
+def test_a_check_swaps_in_the_version_the_alias_moved_to_while_work_in_flight_keeps_its_model():
+    registry = StandInRegistry(production=1)
+    service = registry.service()
+    in_flight = service.current
+    assert service.check().outcome == "unchanged" and registry.loads == ["models:/ride-duration/1"]
+    registry.production = 2
+    poll = service.check()
+    assert poll.outcome == "swapped" and "ride-duration/2" in poll.message
+    assert service.current.version == "m-2" and service.last_poll == poll
+    assert in_flight.version == "m-1"
+    assert service.current.predict_one(EXAMPLE_RIDE) > in_flight.predict_one(EXAMPLE_RIDE)
+
+
+def test_a_failed_check_keeps_the_current_model_and_says_why():
+    registry = StandInRegistry(production=1)
+    service = registry.service()
+    registry.down = True
+    poll = service.check()
+    assert poll.outcome == "failed" and "not answering" in poll.message and "kept ride-duration/1" in poll.message
+    registry.down, registry.production = False, -1  # the alias moves to a version that fails its self-check
+    poll = service.check()
+    assert poll.outcome == "failed" and "nan minutes" in poll.message
+    assert service.current.version == "m-1" and service.failed_polls == 2
+    registry.production = 2
+    assert service.check().outcome == "swapped" and service.current.version == "m-2"
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+    def time(self):
+        return self.now
+
+
+def test_check_if_due_asks_at_most_once_per_interval_and_never_before_the_first_load(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("ride_duration.serving.time", clock)
+    registry = StandInRegistry(production=1)
+    service = registry.service(lazy=True)
+    clock.now += 5
+    assert service.check_if_due() is None and not service.loaded  # a cold container asks nothing
+    assert service.current.version == "m-1"  # the first batch loads the model
+    registry.production = 2
+    clock.now += 0.5
+    assert service.check_if_due() is None and service.current.version == "m-1"
+    clock.now += 0.5
+    assert service.check_if_due().outcome == "swapped" and service.current.version == "m-2"
+    assert service.check_if_due() is None
+
+
+def test_follow_checks_in_a_thread_until_stopped():
+    registry = StandInRegistry(production=1)
+    service = registry.service()
+    polls = []
+    assert service.follow(polls.append) and service.follow(polls.append)  # the second call starts nothing
+    registry.production = 2
+    deadline = time.monotonic() + 10
+    while service.current.version != "m-2" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    service.stop_following()
+    assert service.current.version == "m-2" and polls[-1].outcome == "swapped"
+    assert len([t for t in threading.enumerate() if t.name == "model-poll"]) == 0
+
+
+def test_a_uri_that_names_one_model_is_never_followed():
+    for uri in ("models:/ride-duration/3", "models:/m-abc", "runs:/abc/model", "s3://bucket/models/m-1", "/tmp/model"):
+        service = ModelService(uri, lazy=True, loader=lambda uri: stand_in_model(), resolver=None)
+        assert not service.follows and service.follow() is False and service.check_if_due() is None
+    assert not ModelService.for_model(stand_in_model()).follows
 
 
 def test_no_uri_is_a_clear_error():

@@ -1,6 +1,6 @@
 """The parts of training and promotion that need no tracking store: where an embedded store keeps its
-artifacts, how a run's validation data is read and named, and the promotion rules decided before any
-champion is loaded. (tests/integration/test_promotion.py runs the rules against a real registry.)"""
+artifacts, how a run's validation data is read and named. (tests/integration/test_promotion.py runs the
+gate against a real registry.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ride_duration import train
+from ride_duration import lifecycle, train
 
 
 def run(model_id: str = "m-new", val_rmse: float = 6.5, **data):
@@ -37,21 +37,8 @@ def test_validation_data_is_read_from_params_and_tags_and_named_in_a_few_words()
 
 
 def test_a_versions_model_id_is_its_own_or_the_one_its_source_names():
-    assert train.version_model_id(SimpleNamespace(model_id="m-1", source="models:/m-2")) == "m-1"
-    assert train.version_model_id(SimpleNamespace(model_id="", source="models:/m-2")) == "m-2"
-
-
-@pytest.mark.parametrize(
-    "champion, promoted, reason",
-    [
-        (None, True, "no version had the alias yet"),
-        (SimpleNamespace(model_id="m-new", source=""), False, "the best comparable run is already the champion"),
-        (SimpleNamespace(model_id="", source="models:/m-new"), False, "already the champion"),
-    ],
-)
-def test_without_a_champion_to_beat_the_decision_needs_no_registry(champion, promoted, reason):
-    decided, why, champion_rmse = train.judge(run(), champion, "val_rmse")
-    assert (decided, champion_rmse) == (promoted, None) and reason in why
+    assert lifecycle.version_model_id(SimpleNamespace(model_id="m-1", source="models:/m-2")) == "m-1"
+    assert lifecycle.version_model_id(SimpleNamespace(model_id="", source="models:/m-2")) == "m-2"
 
 
 def test_a_capped_pipeline_has_the_cap_first_and_minutes_per_mile_read_below_it():

@@ -344,6 +344,116 @@ def check_same_answers(course_file: Path, model_uri: str) -> None:
         raise AssertionError(f"the two models disagree on the example ride: {ours} != {course}")
 
 
+# --- during a model swap: the alias moves under load ---------------------------------------------------
+
+SWAP_SECONDS = 12.0  # each measurement, steady and during the swap
+SWAP_AFTER = 3.0  # seconds into the second measurement when @production moves
+SWAP_POLL_SECONDS = "1"  # MODEL_POLL_SECONDS of the service: the swap lands well inside the measurement
+
+
+def register_two_versions(rides, folder: Path) -> str:
+    """Versions 1 and 2 of ride-duration (LinearRegression fitted on the month and on its first half, so they
+    answer differently) in an embedded store of their own, @production at 1; returns its tracking URI."""
+    import mlflow
+    from mlflow import MlflowClient
+    from sklearn.linear_model import LinearRegression
+
+    from ride_duration import train
+    from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL
+    from ride_duration.settings import exported
+
+    uri = f"sqlite:///{folder / 'swap-mlflow.db'}"
+    with exported({"MLFLOW_TRACKING_URI": uri}):
+        mlflow.set_tracking_uri(uri)
+        mlflow.create_experiment(train.EXPERIMENT, artifact_location=(folder / "swap-artifacts").as_uri())
+        train.setup_tracking()
+        for part in (rides, rides.iloc[: len(rides) // 2]):
+            pipeline = train.fit(train.make_pipeline(LinearRegression()), part)
+            info = train.log_pipeline(pipeline, params={"rides": len(part)}, metrics={}, tags={})
+            mlflow.register_model(info.model_uri, REGISTERED_MODEL)
+        MlflowClient(uri).set_registered_model_alias(REGISTERED_MODEL, PRODUCTION_ALIAS, "1")
+    return uri
+
+
+def measure_swap(bodies: list[bytes], tracking: str, logs: Path) -> tuple[Load, Load, str]:
+    """Ours following @production: SWAP_SECONDS of load as it is, then SWAP_SECONDS during which the alias moves
+    from version 1 to 2 (at SWAP_AFTER). Returns both loads and the registered version answering afterwards."""
+    from mlflow import MlflowClient
+
+    from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL
+
+    port = local_stack.free_port()
+    env = {
+        "MODEL_URI": f"models:/{REGISTERED_MODEL}@{PRODUCTION_ALIAS}",
+        "MLFLOW_TRACKING_URI": tracking,
+        "MODEL_POLL_SECONDS": SWAP_POLL_SECONDS,
+        "BIND": f"{local_stack.HOST}:{port}",
+        "WEB_CONCURRENCY": OUR_WORKERS,
+        "GUNICORN_THREADS": OUR_THREADS,
+    }
+    command = [local_stack.bin_path("gunicorn"), "-c", str(ROOT / "web-service" / "gunicorn.conf.py"), "predict:app"]
+    process = start_server(command, env, port, logs / f"swap-{port}.log")
+    try:
+        generate_load(port, bodies, 8, WARM_UP_REQUESTS, TIME_CAP)
+        steady = generate_load(port, bodies, 8, 10**7, SWAP_SECONDS)
+        mover = threading.Timer(
+            SWAP_AFTER,
+            lambda: MlflowClient(tracking).set_registered_model_alias(REGISTERED_MODEL, PRODUCTION_ALIAS, "2"),
+        )
+        mover.start()
+        during = generate_load(port, bodies, 8, 10**7, SWAP_SECONDS)
+        mover.join()
+        after = requests.post(f"http://{local_stack.HOST}:{port}/predict", json=EXAMPLE_RIDE, timeout=10).json()
+        return steady, during, after["registered_version"]
+    finally:
+        local_stack.stop(process)
+
+
+def run_swap(rides=None, data_label: str | None = None) -> Table:
+    """The web service's requests/s and p99 during a model swap, beside the same service in steady state."""
+    if rides is None:
+        rides, data_label = training_data()
+    with tempfile.TemporaryDirectory(prefix="bench-web-swap-") as tmp:
+        folder = Path(tmp)
+        tracking = register_two_versions(rides, folder)
+        steady, during, serving_after = measure_swap(request_bodies(rides), tracking, folder)
+    label = f"ours: gunicorn.conf.py ({OUR_WORKERS} x {OUR_THREADS}), following @production every {SWAP_POLL_SECONDS} s"
+    rows = [
+        [
+            f"{label}, steady",
+            8,
+            steady.requests,
+            steady.errors,
+            steady.per_second,
+            steady.percentile_ms(50),
+            steady.percentile_ms(99),
+        ],
+        [
+            f"{label}, the alias moves v1 -> v2",
+            8,
+            during.requests,
+            during.errors,
+            during.per_second,
+            during.percentile_ms(50),
+            during.percentile_ms(99),
+        ],
+    ]
+    ratio = during.percentile_ms(99) / steady.percentile_ms(99)
+    note = (
+        f"Models: two LinearRegressions on {data_label} (the month, its first half), registered as versions 1 and 2 "
+        f"in an embedded store. Each row is one {SWAP_SECONDS:.0f} s measurement at 8 keep-alive connections; in the "
+        f"second, @production moves to version 2 after {SWAP_AFTER:.0f} s, and each worker loads, checks and swaps it "
+        f"in at its next check (afterwards the service answered with {serving_after}). p99 during the swap is "
+        f"{ratio:.2f}x steady state (targets: 0 errors, under 3x)."
+    )
+    return Table(
+        title="Web service during a model swap (the registry alias moves under load)",
+        headers=["server", "connections", "requests", "errors", "requests/s", "p50 ms", "p99 ms"],
+        rows=rows,
+        note=note,
+    )
+
+
 def run() -> list[Table]:
     rides, data_label = training_data()
     load_before = os.getloadavg()[0]
@@ -408,5 +518,6 @@ def run() -> list[Table]:
             headers=["server", "connections", "requests", "errors", "requests/s", "p50 ms", "p99 ms"],
             rows=rows,
             note=note,
-        )
+        ),
+        run_swap(rides, data_label),
     ]

@@ -93,6 +93,9 @@ def has_predict(model: LoadedModel) -> bool:
     return callable(getattr(model.pipeline, "predict", None))
 
 
+POLL_OUTCOMES = ("unchanged", "swapped", "failed")
+
+
 @dataclass(frozen=True)
 class Poll:
     """The outcome of one check of the alias: "unchanged", "swapped" or "failed", with a sentence saying more."""
@@ -194,7 +197,11 @@ class ModelService:
         self._checked_at = time.monotonic()
         if not self.alias:
             return serve(self._loader(self.uri))
-        registered_version = registered_version or self._resolver(self.uri)
+        try:
+            registered_version = registered_version or self._resolver(self.uri)
+        except Exception as error:  # start-up's one-line reason: the registry's answer, or why it gave none
+            reason = " ".join(f"{type(error).__name__}: {error}".split())
+            raise ModelLoadError(f"cannot load model {self.uri}: {reason}") from error
         name, _, number = registered_version.rpartition("/")
         model = self._loader(f"models:/{name}/{number}")
         model.uri, model.registered_version = self.uri, registered_version
@@ -228,11 +235,12 @@ class ModelService:
             return self.check()
         return None
 
-    def follow(self, on_poll: Callable[[Poll], None] | None = None) -> bool:
+    def follow(self, on_poll: Callable[[Poll], None] | None = None, *, at_once: bool = False) -> bool:
         """Check the alias every poll_seconds from a daemon thread, calling on_poll with each outcome.
 
         Start it in the process that serves (each gunicorn worker: threads do not survive a fork); a second
         call while the thread runs does nothing. False, and no thread, for a URI that never moves.
+        at_once: check first at once (a worker forked from a model loaded long ago, by gunicorn's reload).
         """
         if not self.alias:
             return False
@@ -241,10 +249,12 @@ class ModelService:
         self._stop.clear()
 
         def run():
-            while not self._stop.wait(self.poll_seconds):
+            wait = 0 if at_once else self.poll_seconds
+            while not self._stop.wait(wait):
                 poll = self.check()
                 if on_poll is not None:
                     on_poll(poll)
+                wait = self.poll_seconds
 
         self._follower = threading.Thread(target=run, name="model-poll", daemon=True)
         self._follower.start()

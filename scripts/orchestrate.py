@@ -135,7 +135,9 @@ def score_month_flow(
     month_input = read_month_input(taxi_type, year, month, synthetic)
     with staging_path(destination) as staging:  # gone when the block ends, renamed into place if it finishes
         summary = score_to_staging(taxi_type, year, month, model_uri, month_input, str(staging))
-        info = output_info_for(summary["model_version"], taxi_type, year, month, summary["synthetic"])
+        info = output_info_for(
+            summary["model_version"], taxi_type, year, month, summary["synthetic"], summary.get("registered_version")
+        )
         publish_output(str(staging), destination, info)
     print(f"scored {summary['rows']:,} rides with model {summary['model_version']} -> {destination}")
     return {**summary, "output": destination}

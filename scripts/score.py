@@ -84,7 +84,7 @@ def score_month(
     destination = output_file or default_output(taxi_type, year, month)
     if month_input.banner:
         print(month_input.banner, file=sys.stderr)
-    info = output_info_for(served.version, taxi_type, year, month, month_input.synthetic)
+    info = output_info_for(served.version, taxi_type, year, month, month_input.synthetic, served.registered_version)
     rows, pickups = 0, PickupCount(month_input)
     with atomic_parquet(destination, output_schema(taxi_type), info) as writer:
         for first_row, rides in month_input.batches():
@@ -99,6 +99,7 @@ def score_month(
         "rows": rows,
         "output": str(destination),
         "model_version": served.version,
+        "registered_version": served.registered_version,
         "synthetic": month_input.synthetic,
         "source": month_input.source,
         "seconds": round(time.perf_counter() - started, 3),

@@ -208,7 +208,19 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--image-uri", help="the pushed image, e.g. <account>.dkr.ecr.<region>.amazonaws.com/ride-duration-stream:v1"
     )
-    parser.add_argument("--model-uri", help="the model's artifact URI (s3://...), so that no tracking server is needed")
+    parser.add_argument(
+        "--model-uri",
+        help="the model's artifact URI (s3://..., no tracking server needed) or models:/NAME/VERSION: that model "
+        "for good; models:/NAME@ALIAS follows the alias (then pass --env MLFLOW_TRACKING_URI=...)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="another variable of the function's environment, e.g. MLFLOW_TRACKING_URI=https://... or "
+        "MODEL_POLL_SECONDS=60 (repeat for more)",
+    )
     parser.add_argument("--function-name", default=DeploySettings.function_name)
     parser.add_argument("--input-stream", default=DeploySettings.input_stream)
     parser.add_argument("--output-stream", default=DeploySettings.output_stream)
@@ -232,6 +244,9 @@ def main(argv=None) -> int:
         return 0
     if not (args.image_uri and args.model_uri):
         parser.error("--image-uri and --model-uri are required (unless --streams-only)")
+    malformed = [item for item in args.env if "=" not in item or item.startswith("=")]
+    if malformed:
+        parser.error(f"--env takes NAME=VALUE, got {', '.join(malformed)}")
     settings = DeploySettings(
         image_uri=args.image_uri,
         model_uri=args.model_uri,
@@ -244,6 +259,7 @@ def main(argv=None) -> int:
         starting_position=args.starting_position,
         max_retries=args.max_retries,
         on_failure_arn=args.on_failure_arn,
+        extra_environment=dict(item.split("=", 1) for item in args.env),
     )
     print(json.dumps(deploy(settings), indent=2))
     return 0

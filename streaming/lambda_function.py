@@ -124,6 +124,15 @@ def record_key(record: dict) -> tuple:
     return record.get("eventSourceARN"), record.get("eventID"), record["kinesis"]["sequenceNumber"]
 
 
+def follow_alias(service: ModelService) -> None:
+    """Swap in the version the alias moved to, if a check is due; a failed check is a warning, not an error."""
+    poll = service.check_if_due()
+    if poll is not None and poll.outcome == "swapped":
+        logger.info("model: %s", poll.message)
+    elif poll is not None and poll.outcome == "failed":
+        logger.warning("model check failed, predicting with the current model: %s", poll.message)
+
+
 def predict(service: ModelService, rides: list[dict]) -> tuple[str, list[float]]:
     """(version, durations) of a batch, all predicted by the one model serving now."""
     served = service.current
@@ -167,6 +176,7 @@ def handle_batch(container: Container, event) -> dict:
         ride_ids.append(ride_id)
         rides.append(ride)
     response = {"batchItemFailures": [{"itemIdentifier": s} for s in failed]}
+    follow_alias(container.service)
     version, durations = predict(container.service, rides) if rides else ("", [])
     if container.settings.dry_run:
         return {**response, "predictions": [prediction_event(*p, version) for p in zip(ride_ids, durations)]}

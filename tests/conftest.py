@@ -13,7 +13,7 @@ import pytest
 
 from ride_duration import local_stack
 from ride_duration.settings import exported
-from tests.helpers import IN_CI, has_real_month, tracking_store
+from tests.helpers import IN_CI, has_real_month, register_stand_ins, registry_server, tracking_store
 
 # No test may reach real AWS: dummy credentials from the start; the moto fixture adds the endpoint.
 os.environ.update(local_stack.LOCAL_AWS_ENV)
@@ -101,3 +101,12 @@ def registered_model(tmp_path_factory, training_months):
             "tracking_uri": uri,
         }
     return model
+
+
+@pytest.fixture(scope="session")
+def two_versions(tmp_path_factory, logs_dir):
+    """A real MLflow server on a free loopback port holding versions 1 (slope 1) and 2 (slope 3) of ride-duration,
+    stand-in pipelines that predict differently: (settings naming the server, [version 1, version 2]). Tests
+    that move @production start by pointing it at version 1 (tests.helpers.move_alias)."""
+    with registry_server(tmp_path_factory.mktemp("two-versions"), logs_dir) as settings:
+        yield settings, register_stand_ins(settings, [1.0, 3.0])

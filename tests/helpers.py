@@ -1,17 +1,22 @@
 """What tests share besides fixtures: the project root, real-data checks, environment and tracking-store
-blocks, and the web service's gunicorn command. Tests import it as `tests.helpers`."""
+blocks, the web service's gunicorn command, stand-in models and a stand-in registry of them. Tests import
+it as `tests.helpers`."""
 
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ride_duration import local_stack
 from ride_duration.data import month_filename
 from ride_duration.settings import PROJECT_ROOT, Settings, exported
+
+if TYPE_CHECKING:
+    from ride_duration.serving import ModelService
 
 ROOT = PROJECT_ROOT
 IN_CI = os.environ.get("CI") == "true"
@@ -101,3 +106,93 @@ def stand_in_model(version: str = "m-stand-in", *, slope: float = 2.0, regressor
     pipeline = train.make_pipeline(LinearRegression() if regressor is None else regressor, max_miles)
     pipeline.fit([ride_features(r) for r in rides], durations)
     return LoadedModel(pipeline=pipeline, model_id=version, uri=f"memory://{version}")
+
+
+class StandInRegistry:
+    """Versions of ride-duration as stand-in models (version N predicts with slope N), and where @production points."""
+
+    def __init__(self, production: int = 1):
+        self.production = production
+        self.down = False
+        self.loads = []
+
+    def resolve(self, uri: str) -> str:
+        assert uri == "models:/ride-duration@production"
+        if self.down:
+            raise ConnectionError("the tracking server is not answering")
+        return f"ride-duration/{self.production}"
+
+    def load(self, uri: str):
+        self.loads.append(uri)
+        number = int(uri.rpartition("/")[2])
+        model = stand_in_model(f"m-{number}", slope=float(number))
+        if number < 0:  # a version that fails its self-check
+            model.pipeline.steps[1][1].intercept_ = float("nan")
+        return model
+
+    def service(self, **options) -> ModelService:
+        """A service following @production, checking at most once a second."""
+        from ride_duration.serving import ModelService
+
+        settings = Settings.from_environ({"MODEL_POLL_SECONDS": "1"})
+        uri = "models:/ride-duration@production"
+        return ModelService(uri, settings=settings, loader=self.load, resolver=self.resolve, **options)
+
+
+class Clock:
+    """Stands for the time module of ride_duration.serving (monkeypatch it there): time moves when a test says."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+    def time(self):
+        return self.now
+
+
+@contextmanager
+def registry_server(folder: Path, logs_dir: Path):
+    """A real `mlflow server` on a free loopback port (sqlite and artifacts in folder); yields the Settings
+    naming it as the tracking server, and stops it after the block."""
+    import dataclasses
+
+    port = local_stack.free_port()
+    server = local_stack.start_mlflow(
+        port, logs_dir / f"mlflow-{port}.log", f"sqlite:///{folder / 'mlflow.db'}", str(folder / "artifacts")
+    )
+    try:
+        yield dataclasses.replace(Settings.from_environ(), mlflow_tracking_uri=f"http://{local_stack.HOST}:{port}")
+    finally:
+        local_stack.stop(server)
+
+
+def register_stand_ins(settings: Settings, slopes: list[float]) -> list[dict]:
+    """Log a stand-in pipeline per slope to the tracking server of settings and register them as versions
+    1, 2, ... of ride-duration, with @production at version 1. Returns each version's number, model id
+    and in-memory pipeline, in order."""
+    from mlflow import register_model
+
+    from ride_duration import train
+    from ride_duration.model import REGISTERED_MODEL
+
+    versions = []
+    with tracking_store(settings.tracking_uri):
+        train.setup_tracking(settings=settings)
+        for slope in slopes:
+            pipeline = stand_in_model(slope=slope).pipeline
+            info = train.log_pipeline(pipeline, params={"slope": slope}, metrics={"val_rmse": 1.0}, tags={})
+            registered = register_model(f"models:/{info.model_id}", REGISTERED_MODEL)
+            versions.append({"number": int(registered.version), "model_id": info.model_id, "pipeline": pipeline})
+    move_alias(settings, versions[0]["number"])
+    return versions
+
+
+def move_alias(settings: Settings, number: int, alias: str = "production") -> None:
+    """Point ride-duration@alias at version `number` (by hand, past the gate: a promotion, or a rollback)."""
+    from mlflow import MlflowClient
+
+    from ride_duration.model import REGISTERED_MODEL
+
+    MlflowClient(settings.tracking_uri).set_registered_model_alias(REGISTERED_MODEL, alias, str(number))

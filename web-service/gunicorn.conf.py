@@ -13,9 +13,13 @@ Everything a deployment changes comes from the environment, read through ride_du
 
 import atexit
 import os
+import selectors
 import shutil
 import sys
 import tempfile
+from functools import partial
+
+from gunicorn.workers.gthread import ThreadWorker
 
 chdir = os.path.dirname(os.path.abspath(__file__))
 if chdir not in sys.path:  # the container keeps ride_duration/ next to this file
@@ -28,13 +32,37 @@ try:
 except SettingError as error:
     sys.exit(f"gunicorn.conf.py: {error}")
 
+
+class GracefulThreadWorker(ThreadWorker):
+    """gunicorn's gthread worker, except that a worker on its way out (SIGHUP's reload, a rolling restart,
+    SIGTERM) does not close a connection under a client it has just told to keep it alive.
+
+    gthread decides "Connection: keep-alive" when a request starts and, when the request is done, closes
+    the connection if the worker has been told to exit meanwhile: the client, told keep-alive, sends its
+    next request down a connection that is closed unanswered. Here that connection waits in the worker's
+    poller instead, like any kept-alive one; its next request is answered (with "Connection: close", as
+    gthread answers every request once exiting), or the keep-alive timeout closes it. The worker exits
+    when none is left, within graceful_timeout, as before.
+    """
+
+    def finish_request(self, conn, fs):
+        if not self.alive and not fs.cancelled() and fs.exception() is None and fs.result() is True:
+            conn.sock.setblocking(False)
+            conn.set_timeout()
+            self.keepalived_conns.append(conn)
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
+            return
+        super().finish_request(conn, fs)
+
+
 bind = settings.bind
 workers = settings.web_concurrency
 # One worker process per core: a request is CPU-bound Python, more processes only add switching.
 # gthread keeps client connections alive between requests (the sync worker closes each one after
 # a single response); idle connections wait in its poller, and the threads overlap one request's
 # socket I/O with another's Python. web-service/README.md has the measurements behind these defaults.
-worker_class = "gthread"
+# GracefulThreadWorker (above) is gthread with one race of its restarts mended.
+worker_class = GracefulThreadWorker
 threads = settings.gunicorn_threads
 keepalive = 5
 # Load the model once in the master, before forking: the workers share its memory, and a bad
@@ -56,6 +84,18 @@ if not settings.prometheus_multiproc_dir:
             shutil.rmtree(folder, ignore_errors=True)
 
     atexit.register(remove_metrics_dir)
+
+
+def post_worker_init(worker):
+    """Follow the model's registry alias (MODEL_URI=models:/NAME@ALIAS) from each worker, once forked.
+
+    The master loads the model before forking (preload_app) but never polls: a thread it started would
+    not run in the workers, and each worker serves its own copy of the model, so each checks and swaps
+    its own. An app without follow_model (the benchmark's floor) has nothing to follow.
+    """
+    follow_model = getattr(worker.wsgi, "follow_model", None)
+    if follow_model is not None:
+        follow_model()
 
 
 def child_exit(server, worker):

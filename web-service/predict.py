@@ -30,7 +30,7 @@ from werkzeug.wsgi import get_content_length
 from ride_duration.metrics import MetricBuffer
 from ride_duration.model import ModelLoadError
 from ride_duration.rides import BadRide
-from ride_duration.serving import ModelService, ServedModel
+from ride_duration.serving import POLL_OUTCOMES, ModelService, Poll, ServedModel
 from ride_duration.settings import WEB_SERVICE, SettingError, Settings
 
 
@@ -89,6 +89,7 @@ MODEL_INFO = Gauge(
     ["model_version", "registered_version", "model_uri"],
     multiprocess_mode="livemax",
 )
+POLLS = Counter("ride_duration_model_polls", "Checks of where the registry alias points, by outcome", ["outcome"])
 
 
 class RequestMetrics:
@@ -114,6 +115,14 @@ class RequestMetrics:
 
     def predicted(self, durations: list[float]) -> None:
         self.buffer.observe_all(PREDICTED, durations)
+
+    def count_polls(self) -> None:
+        """Show every outcome of a check of the alias, at 0 until it happens (an alert on failures needs the series)."""
+        for outcome in POLL_OUTCOMES:
+            POLLS.labels(outcome)
+
+    def polled(self, poll: Poll) -> None:
+        POLLS.labels(poll.outcome).inc()  # a few a minute: written at once, not buffered
 
     def show_model(self, service: ModelService) -> None:
         """Name the model `service` serves now as the live one (1), and the one before it as no longer (0).
@@ -186,7 +195,7 @@ def read_body(req, max_body_bytes: int) -> bytes:
         raise RequestEntityTooLarge(f"the body is larger than the limit of {max_body_bytes} bytes") from None
 
 
-def add_routes(app: Flask, settings: Settings, service: ModelService, metrics: RequestMetrics) -> None:
+def add_routes(app: "MeteredFlask", settings: Settings, service: ModelService, metrics: RequestMetrics) -> None:
     """/predict, /health and /metrics for the model `service` serves."""
     expected_key = settings.api_key.encode() if settings.api_key else None
     max_body_bytes, max_rides = settings.max_body_bytes, settings.max_rides
@@ -221,6 +230,11 @@ def add_routes(app: Flask, settings: Settings, service: ModelService, metrics: R
                 "model_version": served.version,
                 "registered_version": served.registered_version,
                 "loaded_at": served.loaded_at,
+                "follows": {"alias": "@".join(service.alias), "poll_seconds": service.poll_seconds}
+                if app.following
+                else None,
+                "last_poll": service.last_poll.as_dict() if service.last_poll else None,
+                "failed_polls": service.failed_polls,
             }
         )
 
@@ -239,9 +253,44 @@ class MeteredFlask(Flask):
     per request.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, service: ModelService, **kwargs):
         super().__init__(*args, **kwargs)
+        self.service = service
         self.metrics = RequestMetrics()
+        self.following = False
+
+    def follow_model(self, first_check_seconds: float = 10.0) -> bool:
+        """Check where the registry alias points every MODEL_POLL_SECONDS, from a thread of this process, and
+        serve the version it moves to; False, and no thread, for a URI that names one model for good.
+
+        gunicorn.conf.py calls it in each worker once forked: the master loads the model but never polls,
+        and a thread started before the fork would not run in the workers. The first check is made at once
+        and waited for (up to first_check_seconds, well within gunicorn's worker timeout): a worker forked
+        by a reload (SIGHUP) starts from the model the master loaded at start-up, which the alias may have
+        left since, and must not answer with it again.
+        """
+        if not self.service.follows:
+            return False
+        self.metrics.count_polls()
+        first_check = threading.Event()
+
+        def polled(poll: Poll) -> None:
+            self.polled(poll)
+            first_check.set()
+
+        self.following = self.service.follow(on_poll=polled, at_once=True)
+        first_check.wait(first_check_seconds)
+        return self.following
+
+    def check_model(self) -> Poll:
+        """One check of the alias now, counted like the thread's (a demo, a test, an operator in a hurry)."""
+        poll = self.service.check()
+        self.polled(poll)
+        return poll
+
+    def polled(self, poll: Poll) -> None:
+        self.metrics.polled(poll)
+        self.metrics.show_model(self.service)  # ride_duration_model_info names the new version before a request does
 
     def full_dispatch_request(self):
         started = time.perf_counter()
@@ -250,11 +299,11 @@ class MeteredFlask(Flask):
         return response
 
 
-def create_app(settings: Settings | None = None, service: ModelService | None = None) -> Flask:
+def create_app(settings: Settings | None = None, service: ModelService | None = None) -> MeteredFlask:
     """The prediction service: `service`'s model behind HTTP, limited and keyed by `settings`."""
     settings = Settings.from_environ(groups=WEB_SERVICE) if settings is None else settings
     service = ModelService.from_settings(settings) if service is None else service
-    app = MeteredFlask(__name__)
+    app = MeteredFlask(__name__, service=service)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.metrics.show_model(service)
     add_error_handlers(app)
@@ -262,7 +311,7 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
     return app
 
 
-def app_from_environment() -> Flask:
+def app_from_environment() -> MeteredFlask:
     """create_app() for gunicorn and `python predict.py`: a bad setting or model ends start-up with one line."""
     try:
         return create_app()
@@ -278,4 +327,6 @@ def __getattr__(name: str):
 
 
 if __name__ == "__main__":
-    app_from_environment().run(host="127.0.0.1", port=Settings.from_environ().port)
+    app = app_from_environment()
+    app.follow_model()
+    app.run(host="127.0.0.1", port=Settings.from_environ().port)

@@ -1,15 +1,19 @@
 """A backfill: score a range of months, skipping those already scored as they would be now.
 
+After a promotion (or a rollback) the months an older model scored are no longer "as they would be now":
+the backfill scores them again with the model it serves, and says so, one line per month.
+
 The scoring of one month is the batch adapter's (scripts/score.py, exported from notebooks/score.ipynb);
 it is passed in, so the machinery here knows nothing of models or predictions.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from ride_duration.batch.months import open_month
-from ride_duration.batch.output import default_output, scored_already
+from ride_duration.batch.output import default_output, model_label, scored_already
 from ride_duration.data import check_month, month_label
 
 SUMMARY_COLUMNS = ["month", "status", "rows", "seconds", "output", "note"]
@@ -39,6 +43,13 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+def tell(line: str) -> None:
+    """A backfill's line about one month, on stderr (beside the progress bar on a terminal)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
 def backfill_months(
     score_month: Callable[..., dict],
     served,
@@ -48,15 +59,19 @@ def backfill_months(
     *,
     force: bool = False,
     synthetic: bool | str = False,
+    say: Callable[[str], None] = tell,
 ) -> list[dict]:
     """Score each (year, month) into output_root with score_month; one summary row per month.
 
-    served: the model, taken once for the whole backfill (its `version` decides what is scored already).
-    score_month(taxi_type, year, month, served, destination, month_input=...) scores one month and returns
-    its summary. A month's failure (its data or its output) is its summary row; the others go on.
+    served: the model, taken once for the whole backfill (its `version` decides what is scored already;
+    its `registered_version` names it in messages). score_month(taxi_type, year, month, served, destination,
+    month_input=...) scores one month and returns its summary. Before each month, `say` gets one line with
+    what the backfill decided and why ("green/2021-01: scored by m-old (ride-duration/1), re-scoring with
+    m-new (ride-duration/2)"). A month's failure (its data or its output) is its summary row; the others go on.
     """
     from tqdm.auto import tqdm
 
+    serving = model_label(served.version, served.registered_version)
     summary = []
     # disable=None: a progress bar on a terminal, none in a log file or a pipe
     for year, month in tqdm(months, desc=f"backfill {taxi_type}", unit="month", disable=None):
@@ -64,11 +79,13 @@ def backfill_months(
         row = {"month": month_label(taxi_type, year, month), "output": destination}
         try:
             month_input = open_month(taxi_type, year, month, synthetic=synthetic)
-            done, why = scored_already(destination, month_input, served.version)
+            done, why = scored_already(destination, month_input, served.version, served.registered_version)
             if done and not force:
+                say(f"{row['month']}: {why}, skipped")
                 summary.append({**row, "status": "skipped", "rows": None, "seconds": None, "note": why})
                 continue
             why = "forced" if done else why
+            say(f"{row['month']}: {why}, {'scoring' if why == 'no output yet' else 're-scoring'} with {serving}")
             result = score_month(taxi_type, year, month, served, destination, month_input=month_input)
         except (ValueError, OSError) as error:  # this month's data or output; the others go on
             summary.append({**row, "status": "failed", "rows": None, "seconds": None, "note": one_line(error)})

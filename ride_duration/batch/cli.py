@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from ride_duration.batch.backfills import one_line, summary_table
+from ride_duration.batch.output import model_label
 from ride_duration.data import TAXI_TYPES, BadMonthFile, MonthNotAvailable
 from ride_duration.model import ModelLoadError
 from ride_duration.settings import BATCH, DEFAULT_MODEL_URI, Settings
@@ -84,9 +85,11 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     backfill_parser = commands.add_parser(
         "backfill",
         help="score a range of months",
-        description="Score every month from --from to --to; a month whose output is readable and holds that "
-        "month, scored from the same kind of rides (real or synthetic) by the same model version, is "
-        "skipped unless --force. Prints a summary table; exit code 1 if a month failed.",
+        description="Score every month from --from to --to, with the model taken once (an alias is resolved "
+        "once per run); a month whose output is readable and holds that month, scored from the same kind of "
+        "rides (real or synthetic) by the same model version, is skipped unless --force; a month another "
+        "version scored (an older one after a promotion, a newer one after a rollback) is scored again. "
+        "Prints a line per month saying why, then a summary table; exit code 1 if a month failed.",
     )
     add_data_options(backfill_parser, inherit=True)
     backfill_parser.add_argument("--from", dest="start", required=True, metavar="YYYY-MM", help="first month")
@@ -169,7 +172,8 @@ def main(
 def scored_message(result: dict) -> str:
     """The line score.py prints for a month it scored."""
     label = " (SYNTHETIC)" if result["synthetic"] else ""
+    model = model_label(result["model_version"], result.get("registered_version"))
     return (
-        f"scored {result['rows']:,} rides of {result['month']}{label} with model {result['model_version']} "
+        f"scored {result['rows']:,} rides of {result['month']}{label} with model {model} "
         f"in {result['seconds']:.3f}s (model loaded in {result['model_seconds']:.2f}s) -> {result['output']}"
     )

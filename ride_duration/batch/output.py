@@ -23,8 +23,8 @@ from ride_duration.files import atomic_path
 if TYPE_CHECKING:
     import pandas as pd
 
-METADATA_PREFIX = "ride_duration."  # parquet keys ride_duration.model_version, .month, .synthetic (as inputs)
-OUTPUT_INFO_FIELDS = ("model_version", "month", "synthetic")
+METADATA_PREFIX = "ride_duration."  # parquet keys ride_duration.model_version, .month, ... (.synthetic as inputs)
+OUTPUT_INFO_FIELDS = ("model_version", "registered_version", "month", "synthetic")
 
 # Unique values (ids, durations) gain nothing from dictionary encoding and cost time to try.
 DICTIONARY_COLUMNS = ["PULocationID", "DOLocationID", "model_version"]
@@ -57,13 +57,28 @@ def output_schema(taxi_type: str):
     )
 
 
-def output_info_for(model_version: str, taxi_type: str, year: int, month: int, synthetic: bool) -> dict:
-    """What an output says about itself: the model version, the month and the synthetic label."""
-    return {
+def output_info_for(
+    model_version: str,
+    taxi_type: str,
+    year: int,
+    month: int,
+    synthetic: bool,
+    registered_version: str | None = None,
+) -> dict:
+    """What an output says about itself: the model version, the registered version it was served as
+    ("ride-duration/2", when it came from the registry), the month and the synthetic label."""
+    info = {
         "model_version": model_version,
         "month": month_label(taxi_type, year, month),
         "synthetic": "true" if synthetic else "false",
     }
+    return {**info, "registered_version": registered_version} if registered_version else info
+
+
+def model_label(model_version: str | None, registered_version: str | None = None) -> str:
+    """How messages name a model: "m-... (ride-duration/2)", or the model id alone when it was not registered."""
+    name = model_version or "an unknown model"
+    return f"{name} ({registered_version})" if registered_version else name
 
 
 def parquet_metadata(info: dict) -> dict:
@@ -177,7 +192,8 @@ def atomic_parquet(destination: str | Path, schema, info: dict):
 
 
 def output_info(destination: str | Path) -> dict | None:
-    """{"model_version", "month", "synthetic"} of an existing output, or None if there is none.
+    """{"model_version", "month", "synthetic"} of an existing output (and "registered_version" if it names
+    one), or None if there is none.
 
     Reads only metadata: the parquet footer locally, the object's metadata on S3.
     """
@@ -204,12 +220,16 @@ def output_info(destination: str | Path) -> dict | None:
     return decode_parquet_info(meta)
 
 
-def scored_already(destination: str | Path, month_input: MonthInput, model_version: str) -> tuple[bool, str]:
+def scored_already(
+    destination: str | Path, month_input: MonthInput, model_version: str, registered_version: str | None = None
+) -> tuple[bool, str]:
     """(done, why): whether the output at destination stands for this month as it would be scored now.
 
     Done only if it is readable and says it holds the same month, scored from the same kind of rides
-    (real or synthetic) by the same model version; a local output must also have one row per ride
-    of the input. A backfill scores the month again otherwise, and `why` says what differed.
+    (real or synthetic) by the same model version (the model id: a model registered again under another
+    number is the same model); a local output must also have one row per ride of the input. A backfill
+    scores the month again otherwise, and `why` says what differed: after a promotion or a rollback,
+    "scored by m-... (ride-duration/1)", the model that scored it.
     """
     month = month_label(month_input.taxi_type, month_input.year, month_input.month)
     source = "synthetic" if month_input.synthetic else "real"
@@ -226,10 +246,10 @@ def scored_already(destination: str | Path, month_input: MonthInput, model_versi
     if existing_source != source:
         return False, f"existing output was scored from {existing_source} rides, these are {source}"
     if info["model_version"] != model_version:
-        return False, f"existing output is by {info['model_version'] or 'an unknown model'}"
+        return False, f"scored by {model_label(info['model_version'], info.get('registered_version'))}"
     if rows is not None and rows != month_input.num_rows:
         return False, f"existing output has {rows:,} rows for {month_input.num_rows:,} rides"
-    return True, f"already scored by {model_version} from {source} rides"
+    return True, f"already scored by {model_label(model_version, registered_version)} from {source} rides"
 
 
 def output_rows(destination: str | Path) -> int:
@@ -240,11 +260,13 @@ def output_rows(destination: str | Path) -> int:
 
 
 def decode_info(raw: dict) -> dict:
-    return {
+    """Output info as Python values; "registered_version" only for an output that names one."""
+    info = {
         "model_version": raw.get("model_version") or None,
         "month": raw.get("month") or None,
         "synthetic": raw.get("synthetic") == "true",
     }
+    return {**info, "registered_version": raw["registered_version"]} if raw.get("registered_version") else info
 
 
 def decode_parquet_info(meta: dict) -> dict:

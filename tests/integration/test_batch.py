@@ -202,17 +202,24 @@ def test_s3_output_on_moto(registered_model, model, bucket, tmp_path):
     local = score.score_month("green", 2021, 3, model, str(tmp_path / "local.parquet"))
     pd.testing.assert_frame_equal(batch.read_output(destination), batch.read_output(local["output"]), check_exact=True)
     info = batch.output_info(destination)
-    assert info == {"model_version": registered_model["model_id"], "month": "green/2021-03", "synthetic": False}
+    assert info == {
+        "model_version": registered_model["model_id"],
+        "month": "green/2021-03",
+        "synthetic": False,
+    }
     march = batch.open_month("green", 2021, 3)
     assert batch.scored_already(destination, march, registered_model["model_id"])[0]
     assert batch.scored_already(destination, march, "m-other") == (
         False,
-        f"existing output is by {registered_model['model_id']}",
+        f"scored by {registered_model['model_id']}",
     )
     assert batch.scored_already(destination.replace("2021-03", "2021-04"), march, registered_model["model_id"]) == (
         False,
         "no output yet",
     )
+    registered = f"s3://{bucket}/green/registered.parquet"  # S3 metadata carries the registered version too
+    batch.publish(local["output"], registered, batch.output_info_for("m-x", "green", 2021, 3, False, "ride-duration/2"))
+    assert batch.output_info(registered)["registered_version"] == "ride-duration/2"
 
 
 def test_failed_s3_upload_leaves_nothing(model, bucket, monkeypatch):

@@ -45,14 +45,19 @@ def test_deploy_script_against_moto(moto_url):
     assert ("kinesis:PutRecords", made["output_stream"]) in granted
     assert ("s3:GetObject", "arn:aws:s3:::mlflow-artifacts/1/models/m-0123/artifacts/*") in granted
 
-    # Running it again with a new image updates the function and keeps the one mapping.
+    # Running it again with a new image updates the function and keeps the one mapping; this time it follows
+    # the production alias, with the tracking server and the interval in its environment.
     assert (
         deploy.main(
             [
                 "--image-uri",
                 image.replace(":v1", ":v2"),
                 "--model-uri",
-                settings.model_uri,
+                "models:/ride-duration@production",
+                "--env",
+                "MLFLOW_TRACKING_URI=http://mlflow.internal:5000",
+                "--env",
+                "MODEL_POLL_SECONDS=60",
                 "--function-name",
                 name,
                 "--input-stream",
@@ -65,5 +70,12 @@ def test_deploy_script_against_moto(moto_url):
         )
         == 0
     )
-    assert lambda_client.get_function(FunctionName=name)["Code"]["ImageUri"].endswith(":v2")
+    function = lambda_client.get_function(FunctionName=name)
+    assert function["Code"]["ImageUri"].endswith(":v2")
+    assert function["Configuration"]["Environment"]["Variables"] == {
+        "MODEL_URI": "models:/ride-duration@production",
+        "PREDICTIONS_STREAM_NAME": f"{name}-out",
+        "MLFLOW_TRACKING_URI": "http://mlflow.internal:5000",
+        "MODEL_POLL_SECONDS": "60",
+    }
     assert len(lambda_client.list_event_source_mappings(FunctionName=name)["EventSourceMappings"]) == 1

@@ -143,6 +143,9 @@ def test_health_names_the_model(service, registered_model):
         "model_uri": registered_model["artifact_uri"],
         "model_version": registered_model["model_id"],
         "registered_version": None,
+        "follows": None,  # an artifact URI names one model for good: nothing polls
+        "last_poll": None,
+        "failed_polls": 0,
     }
 
 
@@ -269,6 +272,8 @@ def test_alias_uri_and_api_key(keyed_service, registered_model):
     assert answer["registered_version"] == f"ride-duration/{registered_model['version']}"
     health = requests.get(f"{keyed_service}/health", timeout=10)  # no key needed to ask for health
     assert health.status_code == 200 and health.json()["model_uri"] == registered_model["uri"]
+    assert health.json()["follows"] == {"alias": "ride-duration@production", "poll_seconds": 30}
+    assert health.json()["last_poll"]["outcome"] == "unchanged"  # each worker checks once before it serves
 
 
 @pytest.mark.parametrize(

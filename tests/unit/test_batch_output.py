@@ -53,13 +53,25 @@ def test_output_info_is_in_the_footer_and_read_back(tmp_path):
     assert INFO == {"model_version": "m-test", "month": "green/2021-03", "synthetic": "false"}
     destination = tmp_path / "out.parquet"
     write_output(destination, info=batch.output_info_for("m-test", "green", 2021, 3, True))
-    assert batch.output_info(destination) == {"model_version": "m-test", "month": "green/2021-03", "synthetic": True}
+    assert batch.output_info(destination) == {
+        "model_version": "m-test",
+        "month": "green/2021-03",
+        "synthetic": True,
+    }
     assert pq.read_schema(destination).metadata[b"ride_duration.synthetic"] == b"true"  # the key inputs use
+    registered = tmp_path / "registered.parquet"  # a model served from the registry is named by its version too
+    write_output(registered, info=batch.output_info_for("m-test", "green", 2021, 3, False, "ride-duration/2"))
+    assert batch.output_info(registered)["registered_version"] == "ride-duration/2"
+    assert batch.read_output(registered).attrs["registered_version"] == "ride-duration/2"
     scored = batch.read_output(destination)
     assert len(scored) == 5 and scored.attrs["synthetic"] and scored.attrs["source"] == str(destination)
     assert batch.output_info(tmp_path / "none.parquet") is None
     (tmp_path / "junk.parquet").write_text("junk")
-    assert batch.output_info(tmp_path / "junk.parquet") == {"model_version": None, "month": None, "synthetic": False}
+    assert batch.output_info(tmp_path / "junk.parquet") == {
+        "model_version": None,
+        "month": None,
+        "synthetic": False,
+    }
 
 
 def test_default_output_and_s3_uris():
@@ -134,7 +146,7 @@ def test_scored_already_needs_a_readable_output_of_the_same_month_rides_and_mode
         False,
         "existing output was scored from real rides, these are synthetic",
     )
-    assert batch.scored_already(destination, real, "m-other") == (False, "existing output is by m-test")
+    assert batch.scored_already(destination, real, "m-other") == (False, "scored by m-test")
     april = batch.open_month("green", 2021, 4, input_file=month_file(tmp_path / "real", 2021, 4, synthetic=False))
     assert batch.scored_already(destination, april, "m-test") == (False, "existing output holds green/2021-03")
     more = batch.open_month(

@@ -1,6 +1,6 @@
 """The Lambda handler (streaming/lambda_function.py, exported from notebook 04) as a Kinesis-records
-adapter around the serving core: containers built with their own settings, a stand-in model and a
-stand-in Kinesis client, no stream, no registry."""
+adapter around the serving core: containers built with their own settings, a stand-in model (or a stand-in
+registry whose @production moves) and a stand-in Kinesis client; no stream, no tracking server."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ride_duration.kinesis import put_records
 from ride_duration.model import ModelLoadError
 from ride_duration.serving import ModelService
 from ride_duration.settings import Settings
-from tests.helpers import stand_in_model
+from tests.helpers import Clock, StandInRegistry, stand_in_model
 from tests.kinesis_stand_in import StandInKinesis, kinesis_event
 
 lambda_function = importlib.import_module("lambda_function")  # tests.kinesis_stand_in put streaming/ on the path
@@ -279,3 +279,114 @@ def test_the_records_written_are_the_json_of_the_prediction_events():
     assert lambda_function.encode_predictions(ride_ids, durations, version) == [
         json.dumps(lambda_function.prediction_event(i, d, version)).encode() for i, d in zip(ride_ids, durations)
     ]
+
+
+def following_container(registry: StandInRegistry, **settings) -> lambda_function.Container:
+    """A cold container following @production of the stand-in registry (checks at most once a second)."""
+    return lambda_function.Container(
+        dataclasses.replace(Settings(), predictions_stream_name="predictions", **settings),
+        registry.service(lazy=True, without_sklearn=True),
+        StandInKinesis(),
+    )
+
+
+def test_a_container_following_the_alias_swaps_between_batches_once_the_interval_has_passed(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("ride_duration.serving.time", clock)
+    registry = StandInRegistry(production=1)
+    container = following_container(registry)
+    ride = GOOD_RIDES[0][0]
+    for batch in range(2):
+        container.handle(event_of([ride_event(ride, f"before-{batch}")], 1000 + batch))
+    registry.production = 2  # promoted while the container runs
+    clock.now += 0.5
+    container.handle(event_of([ride_event(ride, "too-soon")], 2000))
+    clock.now += 0.5
+    container.handle(event_of([ride_event(ride, "after")], 3000))
+
+    versions = {p["prediction"]["ride_id"]: p["version"] for p in written(container.kinesis)}
+    assert versions == {"before-0": "m-1", "before-1": "m-1", "too-soon": "m-1", "after": "m-2"}
+    assert registry.loads == ["models:/ride-duration/1", "models:/ride-duration/2"]
+    newest = written(container.kinesis)[-1]["prediction"]["ride_duration"]
+    assert newest == pytest.approx(expected_duration(registry.load("models:/ride-duration/2"), ride), abs=1e-9)
+
+
+def test_a_container_asks_the_registry_at_most_once_per_interval(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("ride_duration.serving.time", clock)
+    registry = StandInRegistry(production=1)
+    asked = []
+    resolve = registry.resolve
+    monkeypatch.setattr(registry, "resolve", lambda uri: asked.append(clock.now) or resolve(uri))
+    container = following_container(registry)
+    for batch in range(40):  # 40 batches over 4 seconds: a check at 1, 2, 3 and 4 seconds after the load
+        container.handle(event_of([ride_event(*GOOD_RIDES[0])], 1000 + 10 * batch))
+        clock.now += 0.1
+    assert len(asked) == 1 + 3  # the first load, then one check per second at most
+    assert all(b - a >= 1.0 - 1e-9 for a, b in zip(asked, asked[1:]))
+
+
+def test_a_failed_check_keeps_the_model_the_batch_succeeds_and_one_warning_says_why(monkeypatch, caplog):
+    clock = Clock()
+    monkeypatch.setattr("ride_duration.serving.time", clock)
+    registry = StandInRegistry(production=1)
+    container = following_container(registry)
+    container.handle(event_of([ride_event(*GOOD_RIDES[0])], 1000))
+    registry.down, registry.production = True, 2
+    clock.now += 1
+    caplog.clear()
+
+    assert container.handle(event_of([ride_event(*GOOD_RIDES[1])], 2000)) == {"batchItemFailures": []}
+    clock.now += 0.5
+    assert container.handle(event_of([ride_event(*GOOD_RIDES[2])], 3000)) == {"batchItemFailures": []}
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "not answering" in warnings[0] and "kept ride-duration/1" in warnings[0]
+    assert [p["version"] for p in written(container.kinesis)] == ["m-1"] * 3
+    assert container.service.failed_polls == 1
+
+    registry.production = -1  # the registry is back, and the alias points at a version failing its self-check
+    registry.down = False
+    clock.now += 1
+    container.handle(event_of([ride_event(*GOOD_RIDES[0])], 4000))
+    assert written(container.kinesis)[-1]["version"] == "m-1" and container.service.failed_polls == 2
+    registry.production = 2
+    clock.now += 1
+    container.handle(event_of([ride_event(*GOOD_RIDES[0])], 5000))
+    assert written(container.kinesis)[-1]["version"] == "m-2"
+
+
+def test_a_cold_container_checks_nothing_its_first_load_resolves_the_alias(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("ride_duration.serving.time", clock)
+    registry = StandInRegistry(production=3)
+    asked = []
+    resolve = registry.resolve
+    monkeypatch.setattr(registry, "resolve", lambda uri: asked.append(uri) or resolve(uri))
+    container = following_container(registry)
+    clock.now += 60  # idle long past the interval before its first event
+
+    container.handle(event_of([b"poison"], 1000))  # nothing to predict: nothing loaded, nothing asked
+    assert asked == [] and not container.service.loaded
+    container.handle(event_of([ride_event(*GOOD_RIDES[0])], 2000))
+
+    assert len(asked) == 1 and registry.loads == ["models:/ride-duration/3"]
+    assert container.service.last_poll is None  # the load asked; no check was made
+    assert written(container.kinesis)[0]["version"] == "m-3"
+
+
+def test_a_pinned_uri_is_never_checked(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("ride_duration.serving.time", clock)
+    asked = []
+    for uri in ("models:/ride-duration/1", "s3://mlflow-artifacts/1/models/m-1/artifacts"):
+        settings = dataclasses.replace(Settings(), model_uri=uri, predictions_stream_name="predictions")
+        service = ModelService(
+            uri, lazy=True, settings=settings, loader=lambda uri: stand_in_model("m-1"), resolver=asked.append
+        )
+        container = lambda_function.Container(settings, service, StandInKinesis())
+        for batch in range(3):
+            container.handle(event_of([ride_event(*GOOD_RIDES[0])], 1000 * batch))
+            clock.now += 100
+        assert not service.follows and service.last_poll is None and asked == []
+        assert [p["version"] for p in written(container.kinesis)] == ["m-1"] * 3

@@ -177,12 +177,63 @@ def test_backfill_scores_again_what_is_not_done_and_skips_what_is(model, tmp_pat
     summary = statuses()
     assert [status for status, _ in summary] == ["scored", "scored", "skipped"]
     assert summary[0][1].startswith("re-scored: existing output unreadable")
-    assert summary[1][1] == "re-scored: existing output is by m-another-model"
+    assert summary[1][1] == "re-scored: scored by m-another-model"
     assert outputs[2].stat().st_mtime_ns == untouched
     assert {batch.output_info(output)["model_version"] for output in outputs} == {model.version}
 
     forced = score.backfill("green", "2021-01", "2021-03", model, str(root), force=True)
     assert [(row["status"], row["note"]) for row in forced] == [("scored", "re-scored: forced")] * 3
+
+
+def registered_stand_in(number: int):
+    """Version `number` of ride-duration as a stand-in model (slope `number`), named as the registry names it."""
+    model = stand_in_model(f"m-{number}", slope=float(number))
+    model.registered_version = f"ride-duration/{number}"
+    return model
+
+
+def test_a_backfill_after_a_promotion_rescores_what_the_older_version_scored_and_says_so(
+    tmp_path, offline, monkeypatch, capsys
+):
+    folder, root = tmp_path / "data", tmp_path / "output"
+    for month in (1, 2, 3):
+        month_file(folder, 2021, month, synthetic=False)
+    monkeypatch.setenv("TAXI_DATA_DIR", str(folder))
+    first, second = registered_stand_in(1), registered_stand_in(2)
+
+    def backfill(model, last_month="2021-03") -> tuple[list, list[str]]:
+        capsys.readouterr()
+        summary = score.backfill("green", "2021-01", last_month, model, str(root))
+        return [row["status"] for row in summary], capsys.readouterr().err.splitlines()
+
+    assert backfill(first, "2021-02") == (
+        ["scored", "scored"],
+        [f"green/2021-0{m}: no output yet, scoring with m-1 (ride-duration/1)" for m in (1, 2)],
+    )
+    assert backfill(second) == (  # promoted: version 2 re-scores what version 1 scored
+        ["scored", "scored", "scored"],
+        [
+            "green/2021-01: scored by m-1 (ride-duration/1), re-scoring with m-2 (ride-duration/2)",
+            "green/2021-02: scored by m-1 (ride-duration/1), re-scoring with m-2 (ride-duration/2)",
+            "green/2021-03: no output yet, scoring with m-2 (ride-duration/2)",
+        ],
+    )
+    outputs = [root / "green" / f"2021-0{month}.parquet" for month in (1, 2, 3)]
+    assert [batch.output_info(o)["registered_version"] for o in outputs] == ["ride-duration/2"] * 3
+    assert backfill(second) == (
+        ["skipped"] * 3,
+        [f"green/2021-0{m}: already scored by m-2 (ride-duration/2) from real rides, skipped" for m in (1, 2, 3)],
+    )
+    statuses, lines = backfill(first)  # rolled back: version 1 scores them all again
+    assert statuses == ["scored"] * 3
+    assert lines == [
+        f"green/2021-0{m}: scored by m-2 (ride-duration/2), re-scoring with m-1 (ride-duration/1)" for m in (1, 2, 3)
+    ]
+    for month, output in zip((1, 2, 3), outputs):
+        scored = batch.read_output(output)
+        rides = add_duration(read_month_file(folder / data.month_filename("green", 2021, month), "green"), "green")
+        assert set(scored["model_version"]) == {"m-1"} and scored.attrs["registered_version"] == "ride-duration/1"
+        assert np.array_equal(scored["predicted_duration"].to_numpy(), first.pipeline.predict(frame_features(rides)))
 
 
 def test_backfill_goes_on_past_a_failed_month(model, tmp_path, offline, monkeypatch):

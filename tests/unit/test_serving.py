@@ -13,8 +13,7 @@ from ride_duration.features import ride_features
 from ride_duration.model import ModelLoadError
 from ride_duration.rides import EXAMPLE_RIDE, BadRide
 from ride_duration.serving import ModelService, serve
-from ride_duration.settings import Settings
-from tests.helpers import stand_in_model
+from tests.helpers import Clock, StandInRegistry, stand_in_model
 
 RIDES = [
     EXAMPLE_RIDE,
@@ -53,34 +52,6 @@ def test_a_model_whose_answer_is_not_finite_is_refused():
     model.pipeline.steps[1][1].intercept_ = float("nan")
     with pytest.raises(ModelLoadError, match="nan minutes"):
         serve(model)
-
-
-class StandInRegistry:
-    """Versions of ride-duration as stand-in models (version N predicts with slope N), and where @production points."""
-
-    def __init__(self, production: int = 1):
-        self.production = production
-        self.down = False
-        self.loads = []
-
-    def resolve(self, uri: str) -> str:
-        assert uri == "models:/ride-duration@production"
-        if self.down:
-            raise ConnectionError("the tracking server is not answering")
-        return f"ride-duration/{self.production}"
-
-    def load(self, uri: str):
-        self.loads.append(uri)
-        number = int(uri.rpartition("/")[2])
-        model = stand_in_model(f"m-{number}", slope=float(number))
-        if number < 0:  # a version that fails its self-check
-            model.pipeline.steps[1][1].intercept_ = float("nan")
-        return model
-
-    def service(self, **options) -> ModelService:
-        settings = Settings.from_environ({"MODEL_POLL_SECONDS": "1"})
-        uri = "models:/ride-duration@production"
-        return ModelService(uri, settings=settings, loader=self.load, resolver=self.resolve, **options)
 
 
 def test_a_lazy_service_loads_on_first_use_only():
@@ -125,17 +96,6 @@ def test_a_failed_check_keeps_the_current_model_and_says_why():
     assert service.current.version == "m-1" and service.failed_polls == 2
     registry.production = 2
     assert service.check().outcome == "swapped" and service.current.version == "m-2"
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def monotonic(self):
-        return self.now
-
-    def time(self):
-        return self.now
 
 
 def test_check_if_due_asks_at_most_once_per_interval_and_never_before_the_first_load(monkeypatch):

@@ -7,6 +7,8 @@ import dataclasses
 import io
 import json
 import sys
+import threading
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ride_duration.rides import EXAMPLE_RIDE
 from ride_duration.serving import ModelService
 from ride_duration.settings import Settings
-from tests.helpers import ROOT, stand_in_model
+from tests.helpers import ROOT, StandInRegistry, stand_in_model
 
 sys.path.insert(0, str(ROOT / "web-service"))
 import predict  # web-service/ is not a package; importing predict builds no app and loads no model
@@ -158,6 +160,9 @@ def test_health_names_the_served_model(client, service):
         "model_version": "m-stand-in",
         "registered_version": None,
         "loaded_at": served.loaded_at,
+        "follows": None,
+        "last_poll": None,
+        "failed_polls": 0,
     }
 
 
@@ -211,3 +216,109 @@ def test_a_swapped_model_answers_the_next_request(client, service):
     }
     # Other apps made in this process (other tests) may show their own models; this one moved to m-next.
     assert live["m-next"] == 1.0 and live["m-stand-in"] == 0.0
+
+
+# --- following the registry alias ------------------------------------------------------------------
+
+
+def polls(client, outcome: str) -> float:
+    return scrape(client).get(("ride_duration_model_polls_total", frozenset({("outcome", outcome)})), 0)
+
+
+def live_models(client) -> dict:
+    return {
+        dict(labels)["model_version"]: value
+        for (name, labels), value in scrape(client).items()
+        if name == "ride_duration_model_info"
+    }
+
+
+def test_the_app_follows_the_alias_and_answers_with_the_version_it_moved_to():
+    registry = StandInRegistry(production=1)
+    service = registry.service()  # polls every second
+    app = predict.create_app(SETTINGS, service)
+    client = app.test_client()
+    swapped_before = polls(client, "swapped")
+    assert app.follow_model()
+    try:
+        first = client.post("/predict", json=EXAMPLE_RIDE).get_json()
+        registry.production = 2
+        deadline = time.monotonic() + 10
+        answer = first
+        while answer["model_version"] == "m-1" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            answer = client.post("/predict", json=EXAMPLE_RIDE).get_json()
+    finally:
+        service.stop_following()
+    assert (first["model_version"], first["registered_version"]) == ("m-1", "ride-duration/1")
+    assert (answer["model_version"], answer["registered_version"]) == ("m-2", "ride-duration/2")
+    assert answer["duration"] == pytest.approx(service.current.predict_one(EXAMPLE_RIDE), abs=1e-12)
+    assert answer["duration"] == pytest.approx(first["duration"] + 40.0, abs=0.5)  # 2 instead of 1 minute a mile
+    health = client.get("/health").get_json()
+    assert health["status"] == "ready" and health["registered_version"] == "ride-duration/2"
+    assert health["follows"] == {"alias": "ride-duration@production", "poll_seconds": 1}
+    assert health["last_poll"]["outcome"] in ("swapped", "unchanged") and health["failed_polls"] == 0
+    assert polls(client, "swapped") == swapped_before + 1
+    assert live_models(client)["m-2"] == 1.0 and live_models(client)["m-1"] == 0.0
+
+
+def test_a_failed_poll_keeps_the_model_serving_and_shows_in_health_and_metrics():
+    registry = StandInRegistry(production=1)
+    service = registry.service()
+    app = predict.create_app(SETTINGS, service)
+    client = app.test_client()
+    failed_before = polls(client, "failed")
+    registry.down = True
+    app.check_model()
+    health = client.get("/health").get_json()
+    assert health["status"] == "ready" and health["model_version"] == "m-1"
+    assert health["last_poll"]["outcome"] == "failed" and health["failed_polls"] == 1
+    assert "kept ride-duration/1" in health["last_poll"]["message"]
+    assert "not answering" in health["last_poll"]["message"]
+    assert health["last_poll"]["at"] == pytest.approx(time.time(), abs=60)
+    registry.down, registry.production = False, -1  # the alias moves to a version that fails its self-check
+    app.check_model()
+    answer = client.post("/predict", json=EXAMPLE_RIDE)
+    assert answer.status_code == 200 and answer.get_json()["model_version"] == "m-1"
+    health = client.get("/health").get_json()
+    assert health["failed_polls"] == 2 and "nan minutes" in health["last_poll"]["message"]
+    assert polls(client, "failed") == failed_before + 2
+    registry.production = 2  # mended: the next check swaps
+    assert app.check_model().outcome == "swapped"
+    assert client.post("/predict", json=EXAMPLE_RIDE).get_json()["model_version"] == "m-2"
+    assert client.get("/health").get_json()["failed_polls"] == 2
+
+
+def test_a_service_started_with_an_artifact_uri_never_polls():
+    asked = []
+
+    def resolver(uri):
+        asked.append(uri)
+        return "ride-duration/1"
+
+    service = ModelService("file:///models/m-1", loader=lambda uri: stand_in_model("m-1"), resolver=resolver)
+    service.poll_seconds = 0.01
+    app = predict.create_app(SETTINGS, service)
+    client = app.test_client()
+    assert app.follow_model() is False
+    time.sleep(0.1)
+    assert not [thread for thread in threading.enumerate() if thread.name == "model-poll"]
+    assert client.post("/predict", json=EXAMPLE_RIDE).get_json()["model_version"] == "m-1"
+    health = client.get("/health").get_json()
+    assert (health["follows"], health["last_poll"], health["failed_polls"]) == (None, None, 0)
+    assert asked == []
+
+
+def test_follow_model_checks_at_once_so_a_worker_forked_from_an_old_model_never_answers_with_it():
+    """A worker gunicorn forks on a reload starts from the model the master loaded at start-up."""
+    registry = StandInRegistry(production=1)
+    service = registry.service()
+    service.poll_seconds = 600  # the next check is far away: only the first one can swap
+    registry.production = 2
+    app = predict.create_app(SETTINGS, service)
+    try:
+        assert app.follow_model()
+        assert app.test_client().post("/predict", json=EXAMPLE_RIDE).get_json()["model_version"] == "m-2"
+        assert app.test_client().get("/health").get_json()["last_poll"]["outcome"] == "swapped"
+    finally:
+        service.stop_following(timeout=5)

@@ -31,6 +31,10 @@ DATETIME_COLUMNS = {
 }
 TAXI_TYPES = tuple(DATETIME_COLUMNS)  # ("green", "yellow")
 MIN_DURATION, MAX_DURATION = 1, 60
+# What a real ride can be, for training (notebook 01 shows why these figures): longer than MAX_PLAUSIBLE_MILES,
+# or faster on average than MAX_PLAUSIBLE_MPH, is a meter or clock error, not a ride.
+MAX_PLAUSIBLE_MILES = 100.0
+MAX_PLAUSIBLE_MPH = 60.0
 SYNTHETIC_KEY = b"ride_duration.synthetic"
 
 
@@ -201,6 +205,31 @@ def training_rides(df: pd.DataFrame, taxi_type: str) -> pd.DataFrame:
     out = df[keep].reset_index(drop=True)
     out.attrs = dict(df.attrs)
     return out
+
+
+def plausible_rides(rides: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The rides of `rides` (with their duration) that a taxi could have made, and how many were removed why.
+
+    For training only: validation keeps the course's rides of 1 to 60 minutes, so that every run's RMSE is
+    measured on the same rides. Each removed ride is counted under the first reason that applies, in order.
+    """
+    distance = rides["trip_distance"]
+    mph = distance / (rides["duration"] / 60)
+    reasons = {
+        "no distance (missing, or 0 miles or less)": ~(distance > 0),
+        f"longer than {MAX_PLAUSIBLE_MILES:g} miles": distance > MAX_PLAUSIBLE_MILES,
+        f"faster than {MAX_PLAUSIBLE_MPH:g} mph on average": mph > MAX_PLAUSIBLE_MPH,
+    }
+    removed = np.zeros(len(rides), dtype=bool)
+    counts = {"rides": len(rides)}
+    for reason, rule in reasons.items():
+        rule = rule.to_numpy()
+        counts[reason] = int((rule & ~removed).sum())
+        removed |= rule
+    kept = rides[~removed].reset_index(drop=True)
+    kept.attrs = dict(rides.attrs)
+    counts["kept"] = len(kept)
+    return kept, counts
 
 
 def stray_pickups(df: pd.DataFrame, taxi_type: str, year: int, month: int) -> int:

@@ -3,10 +3,13 @@
 A ride (ride_duration.rides) is {"PULocationID", "DOLocationID", "trip_distance"}. The model sees
 {"PU_DO": "<PU>_<DO>", "trip_distance": <miles>} through a DictVectorizer inside its Pipeline.
 
+A linear model may cap the distance first (`ClipDistance`): its minutes per mile hold for the
+distances it was trained on, not for the hundreds of thousands of miles some TLC records claim.
+
 `FastPredictor` gives the same numbers as `pipeline.predict` without building a dict per ride: it
-builds the DictVectorizer's sparse matrix straight from integer codes with the vectorizer's own
-vocabulary, and hands it to the pipeline's last step. Pipelines it does not recognise fall back
-to `pipeline.predict`. For one ride and a linear regressor, `predict_one` skips numpy and
+applies the same cap, builds the DictVectorizer's sparse matrix straight from integer codes with
+the vectorizer's own vocabulary, and hands it to the pipeline's last step. Pipelines it does not
+recognise fall back to `pipeline.predict`. For one ride and a linear regressor, `predict_one` skips numpy and
 scikit-learn altogether (their per-call checks are most of a web request's time) and does
 the same sum in plain floats.
 """
@@ -31,6 +34,37 @@ def frame_features(df) -> list[dict]:
     ]
 
 
+class ClipDistance:
+    """A pipeline step before the DictVectorizer: trip_distance above max_miles becomes max_miles.
+
+    A plain class, not a scikit-learn one, so that this module imports without scikit-learn; it has
+    what a Pipeline step needs (fit, transform, get_params, set_params). It learns nothing.
+    """
+
+    def __init__(self, max_miles: float):
+        self.max_miles = max_miles
+
+    def fit(self, features, y=None):
+        return self
+
+    def transform(self, features: list[dict]) -> list[dict]:
+        return [{**f, "trip_distance": min(f["trip_distance"], self.max_miles)} for f in features]
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"max_miles": self.max_miles}
+
+    def set_params(self, **params):
+        if set(params) - {"max_miles"}:
+            raise ValueError(f"ClipDistance has only max_miles, not {sorted(set(params) - {'max_miles'})}")
+        self.__dict__.update(params)
+        return self
+
+    def __repr__(self) -> str:
+        return f"ClipDistance(max_miles={self.max_miles!r})"
+
+
+CLIP_DISTANCE = f"{__name__}.ClipDistance"
+
 # Regressors whose predict on sparse input is safe_sparse_dot(X, coef_) + intercept_.
 LINEAR_REGRESSORS = {
     "sklearn.linear_model._base.LinearRegression",
@@ -49,18 +83,25 @@ class FastPredictor:
     """pipeline.predict for rides, without a dict per ride; identical answers.
 
     Recognises Pipeline([DictVectorizer, <estimator taking sparse input>]) fitted on
-    ride_features; anything else is served by pipeline.predict on feature dicts.
+    ride_features, with or without a ClipDistance step first; anything else is served by
+    pipeline.predict on feature dicts.
     """
 
     def __init__(self, pipeline):
         self.pipeline = pipeline
+        self.max_miles = None  # the distance cap of a ClipDistance step, if the pipeline has one
         self.fast = self._compile(pipeline)
         self.linear = self.fast and self._compile_linear()
 
     def _compile(self, pipeline) -> bool:
-        if not (class_name(pipeline) == "sklearn.pipeline.Pipeline" and len(pipeline.steps) == 2):
+        if class_name(pipeline) != "sklearn.pipeline.Pipeline":
             return False
-        vectorizer, self.estimator = pipeline.steps[0][1], pipeline.steps[1][1]
+        steps = [step for _, step in pipeline.steps]
+        if len(steps) == 3 and class_name(steps[0]) == CLIP_DISTANCE:
+            self.max_miles = steps.pop(0).max_miles
+        if len(steps) != 2:
+            return False
+        vectorizer, self.estimator = steps
         if class_name(vectorizer) != "sklearn.feature_extraction._dict_vectorizer.DictVectorizer":
             return False
         vocabulary = vectorizer.vocabulary_
@@ -107,6 +148,8 @@ class FastPredictor:
         pu, do, distance = ride["PULocationID"], ride["DOLocationID"], ride["trip_distance"]
         if not self.linear:
             return float(self.predict_arrays([pu], [do], [distance])[0])
+        if self.max_miles is not None:
+            distance = min(distance, self.max_miles)
         return self.pair_coef.get((pu, do), 0.0) + distance * self.distance_coef + self.intercept
 
     def pair_columns(self, pu, do) -> np.ndarray:
@@ -157,6 +200,8 @@ class FastPredictor:
 
     def predict_arrays(self, pu, do, distance) -> np.ndarray:
         """Predictions for the ride's three fields as arrays (predict_columns and predict_rides unpack them)."""
+        if self.fast and self.max_miles is not None:
+            distance = np.minimum(np.asarray(distance, dtype=np.float64), self.max_miles)
         if self.linear:
             return self.linear_predict(pu, do, distance)
         if not self.fast:

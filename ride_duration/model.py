@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ride_duration.features import LINEAR_REGRESSORS
+from ride_duration.features import CLIP_DISTANCE, LINEAR_REGRESSORS
 from ride_duration.settings import Settings
 
 REGISTERED_MODEL = "ride-duration"
@@ -134,6 +134,7 @@ class FittedAttributes:
 # The classes of a linear ride pipeline, and the numpy globals its arrays and scalars pickle with.
 STAND_IN_CLASSES = {
     "sklearn.pipeline.Pipeline",
+    CLIP_DISTANCE,
     "sklearn.feature_extraction._dict_vectorizer.DictVectorizer",
     *LINEAR_REGRESSORS,
 }

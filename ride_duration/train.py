@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ride_duration.features import frame_features
+from ride_duration.features import ClipDistance, frame_features
 from ride_duration.model import quiet_mlflow, tracking_uri
 from ride_duration.settings import Settings
 
@@ -54,12 +54,36 @@ def setup_tracking(experiment: str = EXPERIMENT, settings: Settings | None = Non
     return experiment_id
 
 
-def make_pipeline(regressor):
-    """DictVectorizer + regressor in one artifact, so that the model carries its features."""
+def make_pipeline(regressor, max_miles: float | None = None):
+    """DictVectorizer + regressor in one artifact, so that the model carries its features; with max_miles,
+    a ClipDistance step first caps the distance (a linear model's minutes per mile hold only so far)."""
     from sklearn.feature_extraction import DictVectorizer
     from sklearn.pipeline import Pipeline
 
-    return Pipeline([("vectorizer", DictVectorizer()), ("regressor", regressor)])
+    steps = [("vectorizer", DictVectorizer()), ("regressor", regressor)]
+    if max_miles is not None:
+        steps.insert(0, ("clip_distance", ClipDistance(max_miles)))
+    return Pipeline(steps)
+
+
+# The course's random forest: notebook 01 trains it, the benchmarks and tests serve it.
+FOREST_PARAMS = {"max_depth": 20, "n_estimators": 100, "min_samples_leaf": 10, "random_state": 1}
+
+
+def fit_forest(rides, n_estimators: int = FOREST_PARAMS["n_estimators"]):
+    """The course's forest (with n_estimators trees) fitted on `rides` on every core, then set to predict on one:
+    a deployment predicts a ride or a few at a time, and a thread pool costs more than a hundred small trees."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    params = {**FOREST_PARAMS, "n_estimators": n_estimators}
+    pipeline = fit(make_pipeline(RandomForestRegressor(**params, n_jobs=-1)), rides)
+    return pipeline.set_params(regressor__n_jobs=1)
+
+
+def minutes_per_mile(pipeline) -> float:
+    """A linear pipeline's trip_distance coefficient: the minutes one more mile adds (below any cap)."""
+    vectorizer, regressor = pipeline.steps[-2][1], pipeline.steps[-1][1]
+    return float(regressor.coef_[vectorizer.vocabulary_["trip_distance"]])
 
 
 def fit(pipeline, rides):

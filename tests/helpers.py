@@ -80,11 +80,11 @@ def start_web_service(logs_dir: Path, name: str, env: dict):
     return local_stack.start(WEB_SERVICE_COMMAND, log, f"{url}/health", env=env), url, log
 
 
-def stand_in_model(version: str = "m-stand-in", *, slope: float = 2.0, regressor=None):
+def stand_in_model(version: str = "m-stand-in", *, slope: float = 2.0, regressor=None, max_miles=None):
     """A real ride pipeline fitted in memory on a few made-up rides (no data, no registry), as a LoadedModel.
 
     Its durations are about 5 + slope * distance minutes, plus a little by zone pair; `version` is what
-    every prediction it makes carries.
+    every prediction it makes carries. max_miles: cap the distance first (train.make_pipeline).
     """
     import numpy as np
     from sklearn.linear_model import LinearRegression
@@ -103,7 +103,7 @@ def stand_in_model(version: str = "m-stand-in", *, slope: float = 2.0, regressor
         for _ in range(300)
     ]
     durations = [5 + slope * r["trip_distance"] + (r["PULocationID"] % 3) for r in rides]
-    pipeline = train.make_pipeline(LinearRegression() if regressor is None else regressor)
+    pipeline = train.make_pipeline(LinearRegression() if regressor is None else regressor, max_miles)
     pipeline.fit([ride_features(r) for r in rides], durations)
     return LoadedModel(pipeline=pipeline, model_id=version, uri=f"memory://{version}")
 

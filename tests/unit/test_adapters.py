@@ -1,6 +1,7 @@
 """One suite for the serving core: every adapter gives the same rides the same numbers and the same version.
 
-Run with stand-in models, a linear one (the fast path) and a tree ensemble (the pipeline's own predict);
+Run with stand-in models: a linear one (the fast path), one whose distance is capped first (ClipDistance) and a
+tree ensemble (the sparse matrix, through the forest's own predict);
 tests/integration/test_parity.py runs the same adapters with the registered model.
 """
 
@@ -18,18 +19,20 @@ from tests.helpers import stand_in_model
 
 TOLERANCE = 1e-9
 
-# Seen and unseen zone pairs, the "unknown" zones, no distance, the longest ride accepted.
+# Seen and unseen zone pairs, the "unknown" zones, no distance, the cap exactly, the longest ride accepted.
 RIDES = [
     EXAMPLE_RIDE,
     {"PULocationID": 3, "DOLocationID": 7, "trip_distance": 2.5},
     {"PULocationID": 1, "DOLocationID": 1, "trip_distance": 3.0},
     {"PULocationID": 264, "DOLocationID": 265, "trip_distance": 1.2},
     {"PULocationID": 12, "DOLocationID": 4, "trip_distance": 0.0},
+    {"PULocationID": 5, "DOLocationID": 9, "trip_distance": 10.0},
     {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 1000.0},
 ]
 
 MODELS = {
     "linear": lambda: stand_in_model("m-linear"),
+    "linear, distance capped": lambda: stand_in_model("m-capped", max_miles=10.0),
     "tree ensemble": lambda: stand_in_model(
         "m-forest", regressor=RandomForestRegressor(n_estimators=10, max_depth=6, random_state=1)
     ),

@@ -118,3 +118,36 @@ def test_2023_type_change_is_smoothed_over():
     for column in ("PULocationID", "DOLocationID", "trip_distance", "ehail_fee"):
         assert before[column].dtype == after[column].dtype, column
     assert after["PULocationID"].dtype == "int64"
+
+
+def test_plausible_rides_removes_impossible_distances_and_speeds_and_counts_each_reason():
+    rides = pd.DataFrame(
+        {
+            "trip_distance": [2.0, 0.0, -1.0, float("nan"), 244_152.01, 101.0, 30.0, 59.0, 100.0, 1.0],
+            "duration": [10.0, 12.0, 5.0, 8.0, 20.0, 60.0, 20.0, 60.0, 60.0, 1.0],
+        }
+    )
+    rides.attrs["source"] = "somewhere"
+    kept, counts = data.plausible_rides(rides)
+    # 30 miles in 20 minutes is 90 mph; 100 miles in an hour is 100 mph (too fast, though not too long)
+    assert kept["trip_distance"].tolist() == [2.0, 59.0, 1.0]
+    assert counts == {
+        "rides": 10,
+        "no distance (missing, or 0 miles or less)": 3,
+        f"longer than {data.MAX_PLAUSIBLE_MILES:g} miles": 2,
+        f"faster than {data.MAX_PLAUSIBLE_MPH:g} mph on average": 2,
+        "kept": 3,
+    }
+    assert kept.index.tolist() == [0, 1, 2] and kept.attrs == {"source": "somewhere"}
+    assert len(rides) == 10  # its input is left whole
+
+
+def test_plausible_rides_of_a_real_month_keep_nearly_all_and_none_absurd():
+    require_real_months(("green", 2021, 1))
+    rides = data.training_rides(data.read_month("green", 2021, 1), "green")
+    kept, counts = data.plausible_rides(rides)
+    assert counts["rides"] == len(rides) and counts["kept"] == len(kept)
+    assert sum(n for reason, n in counts.items() if reason not in ("rides", "kept")) == len(rides) - len(kept)
+    assert len(kept) > 0.97 * len(rides)
+    assert kept["trip_distance"].between(0, data.MAX_PLAUSIBLE_MILES, inclusive="right").all()
+    assert (kept["trip_distance"] / (kept["duration"] / 60)).max() <= data.MAX_PLAUSIBLE_MPH

@@ -7,7 +7,7 @@ import pytest
 from sklearn.linear_model import LinearRegression
 
 from ride_duration import data, train
-from ride_duration.features import FastPredictor, frame_features, ride_features
+from ride_duration.features import ClipDistance, FastPredictor, frame_features, ride_features
 from ride_duration.rides import BadRide, validate_ride
 
 
@@ -63,22 +63,32 @@ def test_unrecognised_pipeline_falls_back_to_its_own_predict(synthetic_rides):
 
 
 def test_loading_without_sklearn_serves_linear_pipelines_only(synthetic_rides, tmp_path):
-    """load_model(without_sklearn=True): stand-ins for a linear ride pipeline (same answers), the real
-    pipeline for anything else."""
+    """load_model(without_sklearn=True): stand-ins for a linear ride pipeline, with or without a distance cap
+    (same answers), the real pipeline for anything else: another step, or a forest."""
     import pickle
 
+    from sklearn.ensemble import RandomForestRegressor
     from sklearn.feature_extraction import DictVectorizer
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import MaxAbsScaler
 
     from ride_duration.model import load_model
 
-    linear = train.fit(train.make_pipeline(LinearRegression()), synthetic_rides)
     scaled = make_pipeline(DictVectorizer(), MaxAbsScaler(), LinearRegression())
     scaled.fit(frame_features(synthetic_rides), synthetic_rides["duration"])
+    pipelines = {
+        "linear": train.fit(train.make_pipeline(LinearRegression()), synthetic_rides),
+        "capped": train.fit(train.make_pipeline(LinearRegression(), max_miles=4.0), synthetic_rides),
+        "scaled": scaled,
+        "forest": train.fit(
+            train.make_pipeline(RandomForestRegressor(n_estimators=5, max_depth=8, random_state=1)),
+            synthetic_rides.head(5000),
+        ),
+    }
     other = data.synthetic_month("green", 2021, 2, n_rides=5_000)
     other.loc[:50, "PULocationID"] = 265  # pairs never seen in training
-    for name, pipeline in [("linear", linear), ("scaled", scaled)]:
+    other.loc[50:60, "trip_distance"] = 244_152.01  # far past any cap, as in real months
+    for name, pipeline in pipelines.items():
         folder = tmp_path / name
         folder.mkdir()
         (folder / "MLmodel").write_text(
@@ -86,10 +96,51 @@ def test_loading_without_sklearn_serves_linear_pipelines_only(synthetic_rides, t
         )
         (folder / "model.pkl").write_bytes(pickle.dumps(pipeline))
         loaded = load_model(str(folder), without_sklearn=True)
-        assert isinstance(loaded.pipeline, type(pipeline)) == (name == "scaled"), name
+        stand_ins = name in ("linear", "capped")
+        assert isinstance(loaded.pipeline, type(pipeline)) != stand_ins, name
         fast = FastPredictor(loaded.pipeline)
-        assert fast.linear == (name == "linear")
-        assert np.array_equal(fast.predict_columns(other), pipeline.predict(frame_features(other)))
+        assert fast.linear == stand_ins, name
+        assert fast.max_miles == (4.0 if name == "capped" else None), name
+        assert np.array_equal(fast.predict_columns(other), pipeline.predict(frame_features(other))), name
+
+
+def test_clip_distance_caps_the_distance_and_nothing_else():
+    clip = ClipDistance(10.0)
+    features = [{"PU_DO": "1_2", "trip_distance": 3.5}, {"PU_DO": "3_4", "trip_distance": 244_152.01}]
+    assert clip.fit(features).transform(features) == [
+        {"PU_DO": "1_2", "trip_distance": 3.5},
+        {"PU_DO": "3_4", "trip_distance": 10.0},
+    ]
+    assert features[1]["trip_distance"] == 244_152.01  # its input is left as it was
+    assert clip.get_params() == {"max_miles": 10.0} and repr(clip) == "ClipDistance(max_miles=10.0)"
+    assert clip.set_params(max_miles=20.0).max_miles == 20.0
+    with pytest.raises(ValueError, match="only max_miles"):
+        clip.set_params(miles=3)
+
+
+@pytest.mark.parametrize("regressor", ["linear", "ridge", "tree"])
+def test_a_capped_pipeline_is_served_fast_with_the_same_cap_and_the_same_bits(regressor, synthetic_rides):
+    """A ClipDistance step first: FastPredictor applies the cap itself, in every path, and answers as
+    pipeline.predict does, bit for bit, below, at and far above the cap."""
+    from sklearn.linear_model import Ridge
+    from sklearn.tree import DecisionTreeRegressor
+
+    model = {"linear": LinearRegression(), "ridge": Ridge(alpha=1.0), "tree": DecisionTreeRegressor(max_depth=8)}
+    pipeline = train.fit(train.make_pipeline(model[regressor], max_miles=3.0), synthetic_rides.head(5000))
+    rides = [
+        {"PULocationID": int(pu), "DOLocationID": int(do), "trip_distance": distance}
+        for pu, do in zip(synthetic_rides["PULocationID"][:40], synthetic_rides["DOLocationID"][:40])
+        for distance in (0.0, 1.5, 3.0, 3.01, 7, 999.5)
+    ]
+    expected = pipeline.predict([ride_features(r) for r in rides])
+    fast = FastPredictor(pipeline)
+    assert fast.fast and fast.max_miles == 3.0 and fast.linear == (regressor != "tree")
+    assert [fast.predict_one(r) for r in rides] == expected.tolist()
+    assert np.array_equal(fast.predict_rides(rides), expected)
+    columns = {field: np.array([r[field] for r in rides]) for field in rides[0]}
+    assert np.array_equal(fast.predict_columns(columns), expected)
+    at_cap, seven_miles, far = expected[2::6], expected[4::6], expected[5::6]
+    assert np.array_equal(seven_miles, at_cap) and np.array_equal(far, at_cap)
 
 
 @pytest.mark.parametrize("regressor", ["linear", "ridge", "tree"])

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from ride_duration import lifecycle, train
 
 
@@ -37,3 +39,33 @@ def test_validation_data_is_read_from_params_and_tags_and_named_in_a_few_words()
 def test_a_versions_model_id_is_its_own_or_the_one_its_source_names():
     assert lifecycle.version_model_id(SimpleNamespace(model_id="m-1", source="models:/m-2")) == "m-1"
     assert lifecycle.version_model_id(SimpleNamespace(model_id="", source="models:/m-2")) == "m-2"
+
+
+def test_a_capped_pipeline_has_the_cap_first_and_minutes_per_mile_read_below_it():
+    from sklearn.linear_model import LinearRegression
+
+    from ride_duration.features import ClipDistance
+
+    assert [name for name, _ in train.make_pipeline(LinearRegression()).steps] == ["vectorizer", "regressor"]
+    pipeline = train.make_pipeline(LinearRegression(), max_miles=5.0)
+    assert [name for name, _ in pipeline.steps] == ["clip_distance", "vectorizer", "regressor"]
+    assert isinstance(pipeline.steps[0][1], ClipDistance) and pipeline.steps[0][1].max_miles == 5.0
+    features = [{"PU_DO": f"{i % 3}_1", "trip_distance": float(i % 5)} for i in range(60)]  # below the cap
+    pipeline.fit(features, [4 + 2.5 * f["trip_distance"] for f in features])
+    assert train.minutes_per_mile(pipeline) == pytest.approx(2.5)
+    assert pipeline.predict([{"PU_DO": "1_1", "trip_distance": 500.0}]) == pytest.approx([4 + 2.5 * 5])
+
+
+def test_the_course_forest_trains_on_every_core_and_predicts_on_one():
+    import pandas as pd
+
+    rides = pd.DataFrame(
+        {"PULocationID": [1, 2] * 50, "DOLocationID": [3] * 100, "trip_distance": [i / 10 for i in range(100)]}
+    ).assign(duration=lambda df: 3 + 2 * df["trip_distance"])
+    forest = train.fit_forest(rides, n_estimators=3)
+    regressor = forest.steps[-1][1]
+    assert len(regressor.estimators_) == 3 and regressor.n_jobs == 1
+    assert {k: v for k, v in regressor.get_params().items() if k in train.FOREST_PARAMS} == {
+        **train.FOREST_PARAMS,
+        "n_estimators": 3,
+    }

@@ -59,14 +59,14 @@ def training_months():
 
 @pytest.fixture(scope="session")
 def registered_model(tmp_path_factory, training_months):
-    """A LinearRegression pipeline trained like notebook 01 (on rides of plausible distances) and promoted
+    """A LinearRegression pipeline trained like notebook 01 (on plausible rides, its distance capped) and promoted
     through the gate like notebook 02, in an
     embedded tracking store of its own (use it with `tracking_store(model["tracking_uri"])`).
     Returns the URIs and the in-memory pipeline."""
     from sklearn.linear_model import LinearRegression
 
     from ride_duration import lifecycle, train
-    from ride_duration.data import read_month, training_rides
+    from ride_duration.data import plausible_rides, read_month, training_rides
     from ride_duration.model import artifact_uri
 
     folder = tmp_path_factory.mktemp("mlflow")
@@ -76,8 +76,8 @@ def registered_model(tmp_path_factory, training_months):
         taxi = training_months["taxi_type"]
         rides = training_rides(read_month(taxi, *training_months["train"], synthetic=synthetic), taxi)
         val = training_rides(read_month(taxi, *training_months["val"], synthetic=synthetic), taxi)
-        rides = rides[(rides["trip_distance"] > 0) & (rides["trip_distance"] <= 100)]
-        pipeline = train.fit(train.make_pipeline(LinearRegression()), rides)
+        rides, _ = plausible_rides(rides)
+        pipeline = train.fit(train.make_pipeline(LinearRegression(), float(rides["trip_distance"].max())), rides)
         run = {
             "params": {
                 "regressor": "LinearRegression",

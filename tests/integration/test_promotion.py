@@ -39,13 +39,15 @@ def code_output(executed: Path) -> str:
 
 
 def test_offline_then_real_tutorial_promotes_and_scores_with_the_real_model(tmp_path):
-    """Notebooks 01 and 02 under papermill offline (synthetic months), a backfill, then the same on real data."""
+    """Notebooks 01 and 02 under papermill offline (synthetic months), a backfill, then the same on real data.
+    Its forests have 10 trees, not the course's 100: this test is about the choice, tests/integration/
+    test_notebooks.py runs notebook 01 as published."""
     require_real_months(("green", 2021, 1), ("green", 2021, 2), ("green", 2021, 3))
     score = import_score()
     output_root = tmp_path / "output"
     months = [output_root / "green" / f"2021-0{month}.parquet" for month in (1, 2, 3)]
     with tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}"):
-        run_notebook("01-train", {"synthetic": True}, output_dir=tmp_path / "offline")
+        run_notebook("01-train", {"synthetic": True, "forest_trees": 10}, output_dir=tmp_path / "offline")
         run_notebook("02-register", {"server_mode": False}, output_dir=tmp_path / "offline")
         synthetic_champion = production()
         assert synthetic_champion.tags["data_source"] == "synthetic"
@@ -53,7 +55,8 @@ def test_offline_then_real_tutorial_promotes_and_scores_with_the_real_model(tmp_
         assert [row["status"] for row in offline] == ["scored"] * 3
         assert all(batch.output_info(output)["synthetic"] for output in months)
 
-        run_notebook("01-train", {"synthetic": False}, output_dir=tmp_path / "real")  # asserts the course's RMSE
+        real_run = {"synthetic": False, "forest_trees": 10}
+        run_notebook("01-train", real_run, output_dir=tmp_path / "real")  # asserts the course's RMSE
         registered = code_output(run_notebook("02-register", {"server_mode": False}, output_dir=tmp_path / "real"))
         runs = train.model_runs()
         by_source = {

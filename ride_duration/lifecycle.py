@@ -30,7 +30,7 @@ import numpy as np
 
 from ride_duration.behaviour import Finding, behaviour, describe, failures
 from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL, load_model, quiet_mlflow, tracking_uri
-from ride_duration.serving import ServedModel, serve
+from ride_duration.serving import ServedModel, one_line, serve
 from ride_duration.settings import BATCH, Settings
 from ride_duration.train import EXPERIMENT, REAL_DATA, best_run, describe_data, validation_data
 
@@ -136,10 +136,6 @@ def served_rmse(served: ServedModel, rides) -> float:
     return float(np.sqrt(np.mean((rides["duration"].to_numpy() - served.predict_columns(rides)) ** 2)))
 
 
-def one_line(error: Exception) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())
-
-
 def judge(challenger, champion, margin: float, settings: Settings | None) -> Decision:
     """The gate's verdict on a challenger against the champion (None: nothing in production yet); changes nothing."""
     import mlflow
@@ -160,7 +156,8 @@ def judge(challenger, champion, margin: float, settings: Settings | None) -> Dec
     if failed:
         listed = "; ".join(f"{f.kind} {f.name}: {f.detail}" for f in failed)
         return refuse(f"fails {len(failed)} of {len(findings)} behavioural tests ({listed})", findings=findings)
-    data = validation_data(mlflow.get_run(challenger.run_id))
+    challenger_run = mlflow.get_run(challenger.run_id)
+    data = validation_data(challenger_run)
     champion_data = validation_data(mlflow.get_run(champion.run_id)) if champion is not None else None
     if champion_data is not None:
         if champion_data["data_source"] == REAL_DATA and data["data_source"] != REAL_DATA:
@@ -180,7 +177,7 @@ def judge(challenger, champion, margin: float, settings: Settings | None) -> Dec
     except Exception as error:
         return refuse(f"the held-out rides {describe_data(data)} cannot be read: {one_line(error)}", findings=findings)
     challenger_rmse = served_rmse(served, rides)
-    logged = mlflow.get_run(challenger.run_id).data.metrics.get(METRIC)
+    logged = challenger_run.data.metrics.get(METRIC)
     if logged is None or abs(logged - challenger_rmse) > 1e-6 * max(1.0, logged):
         return refuse(
             f"its run logged {METRIC} {logged} on {describe_data(data)}, the gate measures {challenger_rmse:.6f} "

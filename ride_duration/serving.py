@@ -96,6 +96,11 @@ def has_predict(model: LoadedModel) -> bool:
 POLL_OUTCOMES = ("unchanged", "swapped", "failed")
 
 
+def one_line(error: Exception) -> str:
+    """An error as "Type: message" on one line, whatever the library's message looked like."""
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
 @dataclass(frozen=True)
 class Poll:
     """The outcome of one check of the alias: "unchanged", "swapped" or "failed", with a sentence saying more."""
@@ -200,8 +205,7 @@ class ModelService:
         try:
             registered_version = registered_version or self._resolver(self.uri)
         except Exception as error:  # start-up's one-line reason: the registry's answer, or why it gave none
-            reason = " ".join(f"{type(error).__name__}: {error}".split())
-            raise ModelLoadError(f"cannot load model {self.uri}: {reason}") from error
+            raise ModelLoadError(f"cannot load model {self.uri}: {one_line(error)}") from error
         name, _, number = registered_version.rpartition("/")
         model = self._loader(f"models:/{name}/{number}")
         model.uri, model.registered_version = self.uri, registered_version
@@ -223,8 +227,7 @@ class ModelService:
                 poll = Poll(started, "swapped", f"@{self.alias[1]} moved to {target}: serving it (was {serving})")
         except Exception as error:
             self.failed_polls += 1
-            reason = " ".join(f"{type(error).__name__}: {error}".split())
-            poll = Poll(started, "failed", f"kept {serving}: {reason}")
+            poll = Poll(started, "failed", f"kept {serving}: {one_line(error)}")
         self.last_poll = poll
         return poll
 

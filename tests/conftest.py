@@ -88,7 +88,7 @@ def registered_model(tmp_path_factory, training_months):
             "metrics": {"val_rmse": train.rmse(pipeline, val)},
             "tags": {"data_source": "synthetic" if synthetic else "tlc"},
         }
-        info = train.log_pipeline(pipeline, **run)
+        info = train.log_pipeline(pipeline, **run, reference_rides=val)
         version = lifecycle.register_best()
         assert version.promoted, version.reason
         model = {

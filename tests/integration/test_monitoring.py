@@ -17,6 +17,7 @@ import requests
 import yaml
 
 from ride_duration import local_stack
+from ride_duration.metrics import reference_shares
 from ride_duration.rides import MAX_TRIP_DISTANCE, validate_ride
 from tests.helpers import ROOT
 from tests.helpers import start_web_service as start_service
@@ -191,6 +192,20 @@ def wait_for(condition, timeout: float, what: str, every: float = 0.5):
 def finite_value(result: list[dict]) -> float | None:
     values = [float(sample["value"][1]) for sample in result]
     return next((value for value in values if math.isfinite(value)), None)
+
+
+def test_prometheus_holds_the_served_models_reference_from_its_validation_month(
+    monitored, registered_model, training_months
+):
+    """The model was logged with its predictions' shares on its validation month; the service exports them."""
+    from ride_duration.data import read_month, training_rides
+    from ride_duration.features import frame_features
+
+    taxi = training_months["taxi_type"]
+    month = training_rides(read_month(taxi, *training_months["val"], synthetic=training_months["synthetic"]), taxi)
+    expected = reference_shares(registered_model["pipeline"].predict(frame_features(month)))
+    result = wait_for(lambda: query(monitored[1], "ride_duration:reference_share:max"), 10, "reference shares")
+    assert {sample["metric"]["le"]: float(sample["value"][1]) for sample in result} == pytest.approx(expected)
 
 
 def test_rides_of_the_validation_month_leave_the_drift_alert_inactive(monitored, month_rides):

@@ -221,6 +221,7 @@ def test_rides_of_the_validation_month_leave_the_drift_alert_inactive(monitored,
         10,
         "drift measure",
     )
+    print(f"largest share gap on the validation month's rides: {gap:.3f}")
     assert gap < 0.05, f"largest share gap {gap:.3f} on the reference month's own rides"
     quiet_until = time.monotonic() + 8  # past the test's `for:` of 5 s, at an evaluation a second
     while time.monotonic() < quiet_until:
@@ -247,6 +248,7 @@ def test_longer_rides_fire_the_drift_alert(monitored, shifted_rides_sent):
     _, prometheus_url = monitored
     wait_for_drift_alert(prometheus_url, shifted_rides_sent)
     gap = finite_value(query(prometheus_url, "ride_duration:prediction_drift:max_share_gap30m"))
+    print(f"largest share gap on rides {DISTANCE_FACTOR:g} times as long, once firing: {gap:.3f}")
     assert gap > 0.1
 
 

@@ -1,6 +1,6 @@
 """The pieces of online monitoring that need no server: a model's reference distribution of predictions, its
 export by the web service (in-process, a stand-in model) and the monitoring files agreeing with each other.
-A real Prometheus runs them in tests/integration/test_monitoring.py."""
+A real Prometheus runs them in tests/integration/test_prometheus.py."""
 
 from __future__ import annotations
 

@@ -409,14 +409,17 @@ def monitor_scored_month(
 
 
 def metrics_table(metadata):
-    """The table's columns follow MonthMetrics' fields; (taxi_type, month, model_version) is the key."""
+    """The table's columns follow MonthMetrics' fields (NULL only where a field may be None);
+    (taxi_type, month, model_version) is the key."""
     import sqlalchemy as sa
 
-    kinds = {"str": sa.String(64), "int": sa.Integer(), "float": sa.Float(), "bool": sa.Boolean()}
+    kinds = {"str": sa.Text(), "int": sa.Integer(), "float": sa.Float(), "bool": sa.Boolean()}
     columns = []
     for spec in fields(MonthMetrics):
-        kind = str(spec.type).split(" | ")[0]
-        columns.append(sa.Column(spec.name, kinds[kind], primary_key=spec.name in KEY, nullable=spec.name not in KEY))
+        kind, *optional = str(spec.type).split(" | ")
+        key = spec.name in KEY
+        kind = sa.String(128) if key else kinds[kind]  # a key needs a bounded type in most databases
+        columns.append(sa.Column(spec.name, kind, primary_key=key, nullable=bool(optional)))
     return sa.Table(TABLE, metadata, *columns)
 
 

@@ -194,7 +194,9 @@ def import_evidently():
         dtypes.infer_dtype_from_object = lambda dtype: (
             dtype if isinstance(dtype, type) else dtypes.pandas_dtype(dtype).type
         )
-    import evidently
+    with warnings.catch_warnings():  # its dependencies' deprecation notices (plotly's, litestar's) at import
+        warnings.simplefilter("ignore")
+        import evidently
 
     return evidently
 

@@ -130,6 +130,11 @@ class MonthMetrics:
     def label(self) -> str:
         return f"{self.taxi_type}/{self.month}"
 
+    @property
+    def verdict(self) -> str:
+        """One line: "green/2021-03: not flagged", or "green/2024-03: flagged: <reasons>"."""
+        return f"{self.label}: flagged: {self.reasons}" if self.flagged else f"{self.label}: not flagged"
+
 
 def rides_frame(rides, predictions) -> pd.DataFrame:
     """The monitored columns of a month: its ride fields, the actual duration (NaN outside 1 to 60 minutes,
@@ -463,3 +468,39 @@ def read_metrics(url: str | None = None) -> pd.DataFrame:
             return pd.DataFrame(connection.execute(query).mappings().all(), columns=[c.name for c in table.columns])
     finally:
         engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: monitor one scored month, store its row, save its report, print its verdict."""
+    import argparse
+    import sys
+
+    from ride_duration.data import TAXI_TYPES
+    from ride_duration.model import ModelLoadError
+    from ride_duration.settings import MONITORING
+
+    parser = argparse.ArgumentParser(
+        prog="python -m ride_duration.monitoring",
+        description="Monitor a month scored by scripts/score.py against the validation month of the model that scored it.",
+    )
+    parser.add_argument("--taxi-type", default="green", choices=TAXI_TYPES)
+    parser.add_argument("--year", type=int, required=True)
+    parser.add_argument("--month", type=int, required=True)
+    parser.add_argument("--scored", help="score.py's output (default: output/<taxi type>/<YYYY-MM>.parquet)")
+    args = parser.parse_args(argv)
+    settings = Settings.from_environ(groups=MONITORING)
+    try:
+        row = monitor_scored_month(args.taxi_type, args.year, args.month, scored_path=args.scored, settings=settings)
+    except (FileNotFoundError, ScoredMonthMismatch, LookupError, ModelLoadError, ValueError) as error:
+        kind = "" if isinstance(error, (FileNotFoundError, ScoredMonthMismatch)) else f"{type(error).__name__}: "
+        print(f"monitoring: error: {kind}{error}", file=sys.stderr)
+        return 2
+    print(row.verdict)
+    if row.rmse is not None:
+        print(f"  RMSE {row.rmse:.2f} min, {row.reference} {row.reference_rmse:.2f} min")
+    print(f"  report: {report_path(row, settings)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -53,7 +53,7 @@ export: setup  ## regenerate the exported scripts from their notebooks
 check-export: setup  ## fail if a committed export differs from a fresh export
 	$(PY) scripts/export.py --check
 
-bench: setup  ## measure ours against the course's way, side by side
+bench: setup-monitoring  ## measure ours against the course's way, side by side (and monitoring beside scoring)
 	$(PY) -m benchmarks
 
 images: setup  ## draw the diagrams in images/ (scripts/make_images.py --plots also redraws the batch plots)

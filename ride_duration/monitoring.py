@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,7 +46,6 @@ ACTUAL = "actual_duration"
 PREDICTION = "predicted_duration"
 NUMERICAL_FEATURES = ("trip_distance",)
 CATEGORICAL_FEATURES = ("PULocationID", "DOLocationID")
-MONITORED_COLUMNS = (*RIDE_FIELDS, ACTUAL, PREDICTION)
 OFF_BY_MINUTES = 10
 REPORT_SAMPLE_RIDES = 100_000
 SAMPLE_SEED = 1
@@ -414,8 +413,6 @@ def monitor_scored_month(
     current, model_version = month_rides(taxi_type, year, month, scored_path, synthetic=synthetic)
     if reference is None:
         if model is None:
-            from dataclasses import replace
-
             model = production_model(replace(settings, model_uri=f"models:/{model_version}"))
         reference = reference_rides(model, settings=settings, synthetic=synthetic)
     frame, label = reference

@@ -25,6 +25,7 @@ WEB_SERVICE = ("model", "web")
 STREAMING = ("model", "streaming")
 BATCH = ("model",)
 LOCAL_STACK = ("model", "local")
+MONITORING = ("model", "monitoring")
 
 
 class SettingError(ValueError):
@@ -98,6 +99,21 @@ class Settings:
     dry_run: bool = variable(
         "DRY_RUN", False, "`1`: return the predictions instead of writing them to the stream", group="streaming"
     )
+    # Batch monitoring
+    monitoring_db_url: str = variable(
+        "MONITORING_DB_URL",
+        "",
+        "the SQLAlchemy URL of the database monitoring stores a row per month in (e.g. `postgresql+psycopg://...`)",
+        group="monitoring",
+        shown="`sqlite:///monitoring.db` in the project",
+    )
+    monitoring_reports_dir: Path = variable(
+        "MONITORING_REPORTS_DIR",
+        PROJECT_ROOT / "runs" / "monitoring",
+        "where monitoring saves each month's Evidently report (HTML)",
+        group="monitoring",
+        shown="`runs/monitoring/` in the project",
+    )
     # The local stack (moto_server and the MLflow server on loopback)
     local_stack_dir: Path = variable(
         "LOCAL_STACK_DIR",
@@ -134,6 +150,11 @@ class Settings:
         """MLFLOW_TRACKING_URI, else the project's embedded sqlite store."""
         return self.mlflow_tracking_uri or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
+    @property
+    def monitoring_url(self) -> str:
+        """MONITORING_DB_URL, else monitoring.db in the project (SQLite)."""
+        return self.monitoring_db_url or f"sqlite:///{PROJECT_ROOT / 'monitoring.db'}"
+
 
 def parse(name: str, text: str, kind: type):
     if kind is bool:
@@ -160,7 +181,7 @@ def environment_names() -> list[str]:
 
 
 def markdown_table(group: str) -> str:
-    """The README table of one group's variables ("model", "web", "streaming" or "local")."""
+    """The README table of one group's variables ("model", "web", "streaming", "local" or "monitoring")."""
     lines = ["| Variable | Default | What it does |", "|---|---|---|"]
     for spec in fields(Settings):
         if spec.metadata["group"] != group:

@@ -108,10 +108,11 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 def s3_client():
-    """boto3's S3 client; AWS_ENDPOINT_URL points it at moto_server locally, unset it for AWS."""
-    import boto3
+    """The S3 client (ride_duration.aws: time limits, bounded retries); AWS_ENDPOINT_URL points it at
+    moto_server locally, unset it for AWS."""
+    from ride_duration import aws
 
-    return boto3.client("s3")
+    return aws.client("s3")
 
 
 class BackgroundWriter:

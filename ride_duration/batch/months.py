@@ -131,8 +131,6 @@ def ride_columns(rides: pa.Table, taxi_type: str) -> RideColumns:
 
     pu, do, distance = numbers("PULocationID"), numbers("DOLocationID"), numbers("trip_distance")
     valid = valid_ride_columns(pu, do, distance)
-    if valid.all():
-        valid = None
     pickups, dropoffs = array(pickup), array(dropoff)
     return RideColumns(
         pickup=pickups if pickups.type == pa.timestamp("us") else pickups.cast(pa.timestamp("us")),

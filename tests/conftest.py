@@ -23,10 +23,10 @@ LAYERS = ("unit", "integration")
 
 
 def pytest_collection_modifyitems(items):
-    """Mark each test with its layer, the folder it is in."""
+    """Mark each test with its layer, the folder it is in (tests/integration/faults/ is integration too)."""
     for item in items:
-        layer = Path(item.path).parent.name
-        if layer in LAYERS:
+        layer = next((folder.name for folder in Path(item.path).parents if folder.name in LAYERS), None)
+        if layer:
             item.add_marker(layer)
 
 

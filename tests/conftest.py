@@ -23,9 +23,11 @@ LAYERS = ("unit", "integration")
 
 
 def pytest_collection_modifyitems(items):
-    """Mark each test with its layer, the folder it is in."""
+    """Mark each test with its layer, the folder under tests/ it is in (tests/integration/faults/ is integration)."""
+    tests = Path(__file__).parent
     for item in items:
-        layer = Path(item.path).parent.name
+        path = Path(item.path)
+        layer = path.relative_to(tests).parts[0] if tests in path.parents else None
         if layer in LAYERS:
             item.add_marker(layer)
 

@@ -76,7 +76,7 @@ def start_web_service(logs_dir: Path, name: str, env: dict):
     port = local_stack.free_port()
     url = f"http://{local_stack.HOST}:{port}"
     log = logs_dir / f"{name}-{port}.log"
-    env = {"BIND": f"{local_stack.HOST}:{port}", "API_KEY": "", "PROMETHEUS_MULTIPROC_DIR": "", **env}
+    env = {"BIND": f"{local_stack.HOST}:{port}", "PROMETHEUS_MULTIPROC_DIR": "", **env}
     return local_stack.start(WEB_SERVICE_COMMAND, log, f"{url}/health", env=env), url, log
 
 

@@ -9,6 +9,8 @@ puts predict.py on the import path whichever way it was started.
 
 Everything a deployment changes comes from the environment, read through ride_duration.settings
 (BIND, WEB_CONCURRENCY, GUNICORN_THREADS, PROMETHEUS_MULTIPROC_DIR; see web-service/README.md).
+BIND is loopback unless set: in production gunicorn sits behind nginx (web-service/nginx/), which
+waits for slow clients so that gunicorn's few threads never do.
 """
 
 import atexit
@@ -18,6 +20,7 @@ import shutil
 import sys
 import tempfile
 from functools import partial
+from pathlib import Path
 
 from gunicorn.workers.gthread import ThreadWorker
 
@@ -74,8 +77,14 @@ control_socket_disable = True
 # prometheus_client's multiprocess mode: every worker writes its metrics to files in this folder
 # and /metrics adds them up. It must be set before predict.py imports prometheus_client and be
 # empty at start, hence a fresh folder per run (removed when the master exits, even when start-up
-# fails) unless the deployment names one.
-if not settings.prometheus_multiproc_dir:
+# fails) unless the deployment names one; a named one is emptied of the files of earlier runs.
+if settings.prometheus_multiproc_dir:
+    # gunicorn runs this file again on SIGHUP's reload, when the workers' files are live: only a
+    # master that has not imported prometheus_client yet (none of its metrics exist) is starting.
+    if "prometheus_client" not in sys.modules:
+        for stale in Path(settings.prometheus_multiproc_dir).glob("*.db"):  # the files prometheus_client writes
+            stale.unlink(missing_ok=True)
+else:
     metrics_dir = tempfile.mkdtemp(prefix="predict-metrics-")
     export({"PROMETHEUS_MULTIPROC_DIR": metrics_dir})
 
@@ -105,17 +114,18 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
-# gunicorn drains at most 64 KiB of a body the app left unread (a refused, too-large one) before
-# reusing the connection; past that it closes the connection, although its answer said keep-alive.
+# gunicorn drains a body the app left unread (a refused one) before reusing the connection, and
+# gives up once it has drained 64 KiB, a body of exactly 64 KiB included; it then closes the
+# connection, although its answer said keep-alive.
 UNREAD_BODY_DRAIN_BYTES = 64 * 1024
 
 
 def pre_request(worker, req):
     """Say "Connection: close" up front for a body gunicorn might not be able to drain (declared
-    over 64 KiB, or chunked), so that a client never sends its next request down a dead connection."""
+    64 KiB or more, or chunked), so that a client never sends its next request down a dead connection."""
     headers = dict(req.headers)
     length = headers.get("CONTENT-LENGTH", "0")
     if "chunked" in headers.get("TRANSFER-ENCODING", "").lower() or (
-        length.isdigit() and int(length) > UNREAD_BODY_DRAIN_BYTES
+        length.isdigit() and int(length) >= UNREAD_BODY_DRAIN_BYTES
     ):
         req.must_close = True

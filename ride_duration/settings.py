@@ -108,7 +108,7 @@ class Settings:
     prometheus_multiproc_dir: str = variable(
         "PROMETHEUS_MULTIPROC_DIR",
         "",
-        "where gunicorn's workers keep their metrics; unset, a fresh folder per start",
+        "where gunicorn's workers keep their metrics; unset, a fresh folder per start; a named one (one per service) is emptied of its `.db` files at start",
         group="web",
         shown="a fresh temporary folder",
     )

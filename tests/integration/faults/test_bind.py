@@ -39,14 +39,9 @@ def dockerfile_env() -> dict:
     return dict(pair.split("=", 1) for line in pairs for pair in line.split())
 
 
-def test_gunicorn_listens_on_loopback_unless_told_otherwise():
+def test_gunicorn_listens_on_loopback_but_in_the_container_on_every_interface():
     assert resolved_bind(WEB_SERVICE_COMMAND, {}) == "['127.0.0.1:9696']"
-
-
-def test_the_container_listens_on_every_interface():
-    """The Dockerfile's ENV and CMD (`gunicorn predict:app`), in the folder it copies gunicorn.conf.py to."""
-    command = [local_stack.bin_path("gunicorn"), "predict:app"]
-    assert (
-        resolved_bind(command, {**dockerfile_env(), "MODEL_URI": NO_MODEL}, cwd=ROOT / "web-service")
-        == "['0.0.0.0:9696']"
-    )
+    # The Dockerfile's ENV and CMD (`gunicorn predict:app`), in the folder it copies gunicorn.conf.py to.
+    in_container = [local_stack.bin_path("gunicorn"), "predict:app"]
+    env = {**dockerfile_env(), "MODEL_URI": NO_MODEL}
+    assert resolved_bind(in_container, env, cwd=ROOT / "web-service") == "['0.0.0.0:9696']"

@@ -46,10 +46,20 @@ class GracefulThreadWorker(ThreadWorker):
     poller instead, like any kept-alive one; its next request is answered (with "Connection: close", as
     gthread answers every request once exiting), or the keep-alive timeout closes it. The worker exits
     when none is left, within graceful_timeout, as before.
+
+    And a client's next request that arrived while gthread drained the body the app left unread (a
+    refused one) is answered at once: the drain read it off the socket with the body's last bytes, so
+    the socket never turns readable for it, and gthread would wait in vain for the keep-alive timeout
+    and close the connection under it.
     """
 
     def finish_request(self, conn, fs):
-        if not self.alive and not fs.cancelled() and fs.exception() is None and fs.result() is True:
+        kept_alive = not fs.cancelled() and fs.exception() is None and fs.result() is True
+        unreader = getattr(conn.parser, "unreader", None)
+        if kept_alive and unreader is not None and unreader.buf.getbuffer().nbytes:
+            self.enqueue_req(conn)
+            return
+        if not self.alive and kept_alive:
             conn.sock.setblocking(False)
             conn.set_timeout()
             self.keepalived_conns.append(conn)

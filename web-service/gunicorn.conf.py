@@ -105,13 +105,27 @@ else:
     atexit.register(remove_metrics_dir)
 
 
+def when_ready(server):
+    """Remove the master's live-gauge files before it forks the workers: loading the app named the model in
+    ride_duration_model_info, in a file of the master's, which no worker's swap would ever set to 0, so the
+    replaced model would go on being reported as served. Each worker names its model in its own file."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(os.getpid())
+
+
 def post_worker_init(worker):
-    """Follow the model's registry alias (MODEL_URI=models:/NAME@ALIAS) from each worker, once forked.
+    """Name the served model in this worker's metrics, and follow the model's registry alias
+    (MODEL_URI=models:/NAME@ALIAS) from each worker, once forked.
 
     The master loads the model before forking (preload_app) but never polls: a thread it started would
     not run in the workers, and each worker serves its own copy of the model, so each checks and swaps
     its own. An app without follow_model (the benchmark's floor) has nothing to follow.
     """
+    metrics = getattr(worker.wsgi, "metrics", None)
+    if metrics is not None:
+        metrics.shown = None  # what the master named, in the file when_ready removed
+        metrics.show_model(worker.wsgi.service)
     follow_model = getattr(worker.wsgi, "follow_model", None)
     if follow_model is not None:
         follow_model()

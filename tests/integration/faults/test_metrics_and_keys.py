@@ -6,13 +6,14 @@ from __future__ import annotations
 import http.client
 import os
 import subprocess
+import time
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from ride_duration import local_stack
-from tests.helpers import WEB_SERVICE_COMMAND, start_web_service
+from tests.helpers import WEB_SERVICE_COMMAND, move_alias, start_web_service
 
 API_KEY = "predict-key"
 METRICS_API_KEY = "scrape-token"
@@ -43,6 +44,40 @@ def test_a_restart_on_a_named_metrics_folder_reports_only_the_model_it_serves(re
             local_stack.stop(process)
     assert served == {registered_model["artifact_uri"]: 1.0}
     assert (folder / "README").read_text() == "not a metrics file\n"
+
+
+def test_after_the_alias_moves_only_the_new_model_is_reported_as_served(two_versions, logs_dir):
+    """Every worker swaps to version 2; ride_duration_model_info then says 1 for version 2 only (the master, which
+    loaded version 1 before forking, must not keep naming it)."""
+    settings, versions = two_versions
+    move_alias(settings, versions[0]["number"])
+    process, url, log = start_web_service(
+        logs_dir,
+        "model-info",
+        {
+            "MODEL_URI": "models:/ride-duration@production",
+            "MLFLOW_TRACKING_URI": settings.tracking_uri,
+            "MODEL_POLL_SECONDS": "1",
+        },
+    )
+    try:
+        move_alias(settings, versions[1]["number"])
+        deadline = time.monotonic() + 20
+        while True:
+            text = requests.get(f"{url}/metrics", timeout=10).text
+            served = {
+                sample.labels["model_version"]
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "ride_duration_model_info" and sample.value == 1
+            }
+            if served == {versions[1]["model_id"]} or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        local_stack.stop(process)
+        move_alias(settings, versions[0]["number"])
+    assert served == {versions[1]["model_id"]}, {"version 1": versions[0]["model_id"], "served": served}
 
 
 @pytest.fixture(scope="module")

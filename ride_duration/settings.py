@@ -32,9 +32,12 @@ class SettingError(ValueError):
     """An environment variable holds a value the project cannot use; the message names it."""
 
 
-def variable(name: str, default, doc: str, *, group: str, shown: str | None = None):
-    """A Settings field read from the environment variable `name`; `shown` is the default as the docs show it."""
-    return field(default=default, metadata={"env": name, "doc": doc, "group": group, "shown": shown})
+def variable(name: str, default, doc: str, *, group: str, shown: str | None = None, secret: bool = False):
+    """A Settings field read from the environment variable `name`; `shown` is the default as the docs show it.
+
+    secret: a key that turns a check on. Set but empty, it is an error rather than the default (no check):
+    `API_KEY=$TOKEN` with TOKEN unset must stop the service, not open it."""
+    return field(default=default, metadata={"env": name, "doc": doc, "group": group, "shown": shown, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -106,20 +109,38 @@ class Settings:
     )
     # The web service
     api_key: str = variable(
-        "API_KEY", "", "the `X-API-Key` header `/predict` requires; empty, no key is asked", group="web", shown="empty"
+        "API_KEY",
+        "",
+        "the `X-API-Key` header `/predict` requires (and `/health` for more than its status); unset, no key is asked; set but empty, an error",
+        group="web",
+        shown="unset",
+        secret=True,
+    )
+    metrics_api_key: str = variable(
+        "METRICS_API_KEY",
+        "",
+        "the bearer token `/metrics` requires (`Authorization: Bearer ...`, as Prometheus sends it); unset, `/metrics` is open; set but empty, an error",
+        group="web",
+        shown="unset",
+        secret=True,
     )
     max_body_bytes: int = variable(
         "MAX_BODY_BYTES", 256 * 1024, "the largest request body accepted (413 beyond it)", group="web"
     )
     max_rides: int = variable("MAX_RIDES", 1000, "the most rides in one request (413 beyond it)", group="web")
-    bind: str = variable("BIND", "0.0.0.0:9696", "the address gunicorn listens on", group="web")
+    bind: str = variable(
+        "BIND",
+        "127.0.0.1:9696",
+        "the address gunicorn listens on: loopback, behind nginx (`web-service/nginx/`); the container sets `0.0.0.0:9696`",
+        group="web",
+    )
     web_concurrency: int = variable("WEB_CONCURRENCY", 2, "gunicorn worker processes (one per core)", group="web")
     gunicorn_threads: int = variable("GUNICORN_THREADS", 4, "threads per gunicorn worker", group="web")
     port: int = variable("PORT", 9696, "the port of Flask's development server (`python predict.py`)", group="web")
     prometheus_multiproc_dir: str = variable(
         "PROMETHEUS_MULTIPROC_DIR",
         "",
-        "where gunicorn's workers keep their metrics; unset, a fresh folder per start",
+        "where gunicorn's workers keep their metrics; unset, a fresh folder per start; a named one (one per service) is emptied of its `.db` files at start",
         group="web",
         shown="a fresh temporary folder",
     )
@@ -172,6 +193,10 @@ class Settings:
             if groups is not None and spec.metadata["group"] not in groups:
                 continue
             text = environ.get(spec.metadata["env"], "")
+            if spec.metadata["secret"] and spec.metadata["env"] in environ and not text.strip():
+                raise SettingError(
+                    f"{spec.metadata['env']} is set but empty: give the key, or unset it to ask for none"
+                )
             if text != "":
                 values[spec.name] = parse(spec.metadata["env"], text, type(spec.default))
         return cls(**values)

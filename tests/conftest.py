@@ -18,6 +18,9 @@ from tests.helpers import IN_CI, has_real_month, register_stand_ins, registry_se
 # No test may reach real AWS: dummy credentials from the start; the moto fixture adds the endpoint.
 os.environ.update(local_stack.LOCAL_AWS_ENV)
 os.environ.pop("AWS_PROFILE", None)
+# The web service's keys are each test's to set (an empty one stops the service): none from the shell.
+for key in ("API_KEY", "METRICS_API_KEY"):
+    os.environ.pop(key, None)
 
 LAYERS = ("unit", "integration")
 

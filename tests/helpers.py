@@ -76,7 +76,7 @@ def start_web_service(logs_dir: Path, name: str, env: dict):
     port = local_stack.free_port()
     url = f"http://{local_stack.HOST}:{port}"
     log = logs_dir / f"{name}-{port}.log"
-    env = {"BIND": f"{local_stack.HOST}:{port}", "API_KEY": "", "PROMETHEUS_MULTIPROC_DIR": "", **env}
+    env = {"BIND": f"{local_stack.HOST}:{port}", "PROMETHEUS_MULTIPROC_DIR": "", **env}
     return local_stack.start(WEB_SERVICE_COMMAND, log, f"{url}/health", env=env), url, log
 
 
@@ -196,3 +196,60 @@ def move_alias(settings: Settings, number: int, alias: str = "production") -> No
     from ride_duration.model import REGISTERED_MODEL
 
     MlflowClient(settings.tracking_uri).set_registered_model_alias(REGISTERED_MODEL, alias, str(number))
+
+
+NGINX_SITE = ROOT / "web-service" / "nginx" / "ride-duration.conf"
+# The two addresses in the committed site file that a test replaces with free loopback ports.
+NGINX_SITE_LISTEN = "listen 80 default_server;"
+NGINX_SITE_UPSTREAM = "server 127.0.0.1:9696;"
+
+
+def nginx_binary() -> str:
+    """Debian's nginx (/usr/sbin is not on every user's PATH); a missing nginx fails with the way to install it."""
+    import shutil
+
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        pytest.fail(
+            "nginx is not installed; the proxy's tests run Debian's: "
+            "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx"
+        )
+    return found
+
+
+def start_nginx(folder: Path, upstream: str):
+    """web-service/nginx/ride-duration.conf in an nginx of its own (prefix, pid, logs and temporary folders in
+    folder; its own process group), listening on a free loopback port and proxying to `upstream` (host:port).
+    Returns (process, base URL, error log)."""
+    port = local_stack.free_port()
+    site = NGINX_SITE.read_text()
+    for committed, used in (
+        (NGINX_SITE_LISTEN, f"listen {local_stack.HOST}:{port};"),
+        (NGINX_SITE_UPSTREAM, f"server {upstream};"),
+    ):
+        assert site.count(committed) == 1, f"{NGINX_SITE.name} should say {committed!r} once"
+        site = site.replace(committed, used)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ride-duration.conf").write_text(site)
+    temporary = "\n".join(
+        f"    {kind}_temp_path {folder / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (folder / "nginx.conf").write_text(
+        f"""daemon off;
+worker_processes 1;
+pid {folder / "nginx.pid"};
+error_log {folder / "error.log"} warn;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    access_log off;
+{temporary}
+    include {folder / "ride-duration.conf"};
+}}
+"""
+    )
+    log = folder / "error.log"
+    command = [nginx_binary(), "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", str(log)]
+    url = f"http://{local_stack.HOST}:{port}"
+    return local_stack.start(command, log, f"{url}/health"), url, log

@@ -9,6 +9,8 @@ puts predict.py on the import path whichever way it was started.
 
 Everything a deployment changes comes from the environment, read through ride_duration.settings
 (BIND, WEB_CONCURRENCY, GUNICORN_THREADS, PROMETHEUS_MULTIPROC_DIR; see web-service/README.md).
+BIND is loopback unless set: in production gunicorn sits behind nginx (web-service/nginx/), which
+waits for slow clients so that gunicorn's few threads never do.
 """
 
 import atexit
@@ -18,6 +20,7 @@ import shutil
 import sys
 import tempfile
 from functools import partial
+from pathlib import Path
 
 from gunicorn.workers.gthread import ThreadWorker
 
@@ -43,10 +46,20 @@ class GracefulThreadWorker(ThreadWorker):
     poller instead, like any kept-alive one; its next request is answered (with "Connection: close", as
     gthread answers every request once exiting), or the keep-alive timeout closes it. The worker exits
     when none is left, within graceful_timeout, as before.
+
+    And a client's next request that arrived while gthread drained the body the app left unread (a
+    refused one) is answered at once: the drain read it off the socket with the body's last bytes, so
+    the socket never turns readable for it, and gthread would wait in vain for the keep-alive timeout
+    and close the connection under it.
     """
 
     def finish_request(self, conn, fs):
-        if not self.alive and not fs.cancelled() and fs.exception() is None and fs.result() is True:
+        kept_alive = not fs.cancelled() and fs.exception() is None and fs.result() is True
+        unreader = getattr(conn.parser, "unreader", None)
+        if kept_alive and unreader is not None and unreader.buf.getbuffer().nbytes:
+            self.enqueue_req(conn)
+            return
+        if not self.alive and kept_alive:
             conn.sock.setblocking(False)
             conn.set_timeout()
             self.keepalived_conns.append(conn)
@@ -74,8 +87,14 @@ control_socket_disable = True
 # prometheus_client's multiprocess mode: every worker writes its metrics to files in this folder
 # and /metrics adds them up. It must be set before predict.py imports prometheus_client and be
 # empty at start, hence a fresh folder per run (removed when the master exits, even when start-up
-# fails) unless the deployment names one.
-if not settings.prometheus_multiproc_dir:
+# fails) unless the deployment names one; a named one is emptied of the files of earlier runs.
+if settings.prometheus_multiproc_dir:
+    # gunicorn runs this file again on SIGHUP's reload, when the workers' files are live: only a
+    # master that has not imported prometheus_client yet (none of its metrics exist) is starting.
+    if "prometheus_client" not in sys.modules:
+        for stale in Path(settings.prometheus_multiproc_dir).glob("*.db"):  # the files prometheus_client writes
+            stale.unlink(missing_ok=True)
+else:
     metrics_dir = tempfile.mkdtemp(prefix="predict-metrics-")
     export({"PROMETHEUS_MULTIPROC_DIR": metrics_dir})
 
@@ -86,13 +105,27 @@ if not settings.prometheus_multiproc_dir:
     atexit.register(remove_metrics_dir)
 
 
+def when_ready(server):
+    """Remove the master's live-gauge files before it forks the workers: loading the app named the model in
+    ride_duration_model_info, in a file of the master's, which no worker's swap would ever set to 0, so the
+    replaced model would go on being reported as served. Each worker names its model in its own file."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(os.getpid())
+
+
 def post_worker_init(worker):
-    """Follow the model's registry alias (MODEL_URI=models:/NAME@ALIAS) from each worker, once forked.
+    """Name the served model in this worker's metrics, and follow the model's registry alias
+    (MODEL_URI=models:/NAME@ALIAS) from each worker, once forked.
 
     The master loads the model before forking (preload_app) but never polls: a thread it started would
     not run in the workers, and each worker serves its own copy of the model, so each checks and swaps
     its own. An app without follow_model (the benchmark's floor) has nothing to follow.
     """
+    metrics = getattr(worker.wsgi, "metrics", None)
+    if metrics is not None:
+        metrics.shown = None  # what the master named, in the file when_ready removed
+        metrics.show_model(worker.wsgi.service)
     follow_model = getattr(worker.wsgi, "follow_model", None)
     if follow_model is not None:
         follow_model()
@@ -105,17 +138,18 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
-# gunicorn drains at most 64 KiB of a body the app left unread (a refused, too-large one) before
-# reusing the connection; past that it closes the connection, although its answer said keep-alive.
+# gunicorn drains a body the app left unread (a refused one) before reusing the connection, and
+# gives up once it has drained 64 KiB, a body of exactly 64 KiB included; it then closes the
+# connection, although its answer said keep-alive.
 UNREAD_BODY_DRAIN_BYTES = 64 * 1024
 
 
 def pre_request(worker, req):
     """Say "Connection: close" up front for a body gunicorn might not be able to drain (declared
-    over 64 KiB, or chunked), so that a client never sends its next request down a dead connection."""
+    64 KiB or more, or chunked), so that a client never sends its next request down a dead connection."""
     headers = dict(req.headers)
     length = headers.get("CONTENT-LENGTH", "0")
     if "chunked" in headers.get("TRANSFER-ENCODING", "").lower() or (
-        length.isdigit() and int(length) > UNREAD_BODY_DRAIN_BYTES
+        length.isdigit() and int(length) >= UNREAD_BODY_DRAIN_BYTES
     ):
         req.must_close = True

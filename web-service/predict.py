@@ -18,6 +18,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
@@ -210,16 +211,28 @@ def read_body(req, max_body_bytes: int) -> bytes:
         raise RequestEntityTooLarge(f"the body is larger than the limit of {max_body_bytes} bytes") from None
 
 
+def has_key(presented: str, expected: bytes | None) -> bool:
+    """True when no key is expected, or `presented` is it (compared in constant time)."""
+    return expected is None or hmac.compare_digest(presented.encode("latin-1"), expected)
+
+
+def bearer_token(environ: dict) -> str:
+    """The token of an `Authorization: Bearer <token>` header, else ""."""
+    scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def add_routes(app: "MeteredFlask", settings: Settings, service: ModelService, metrics: RequestMetrics) -> None:
     """/predict, /health and /metrics for the model `service` serves."""
     expected_key = settings.api_key.encode() if settings.api_key else None
+    metrics_key = settings.metrics_api_key.encode() if settings.metrics_api_key else None
     max_body_bytes, max_rides = settings.max_body_bytes, settings.max_rides
 
     @app.post("/predict")
     def predict():
         req = request._get_current_object()  # the request itself: each use of the proxy costs a look-up
         environ = req.environ
-        if expected_key and not hmac.compare_digest(environ.get("HTTP_X_API_KEY", "").encode("latin-1"), expected_key):
+        if not has_key(environ.get("HTTP_X_API_KEY", ""), expected_key):
             raise Unauthorized("missing or wrong X-API-Key header")
         if environ.get("CONTENT_TYPE") != "application/json" and not req.is_json:  # the common case first
             raise UnsupportedMediaType("send JSON with the header Content-Type: application/json")
@@ -237,6 +250,8 @@ def add_routes(app: "MeteredFlask", settings: Settings, service: ModelService, m
 
     @app.get("/health")
     def health():
+        if not has_key(request.environ.get("HTTP_X_API_KEY", ""), expected_key):
+            return json_response({"status": "ready"})
         served = service.current
         return json_response(
             {
@@ -255,6 +270,11 @@ def add_routes(app: "MeteredFlask", settings: Settings, service: ModelService, m
 
     @app.get("/metrics")
     def metrics_page():
+        if not has_key(bearer_token(request.environ), metrics_key):
+            raise Unauthorized(
+                "missing or wrong METRICS_API_KEY: send Authorization: Bearer <key>",
+                www_authenticate=WWWAuthenticate("Bearer"),
+            )
         metrics.show_model(service)
         metrics.buffer.flush()  # this worker's updates of the last second; the others' are at most that old
         return Response(metrics_text(settings), content_type=CONTENT_TYPE_LATEST)

@@ -270,7 +270,9 @@ def test_alias_uri_and_api_key(keyed_service, registered_model):
     assert answer["duration"] == pytest.approx(expected(registered_model, [EXAMPLE_RIDE])[0], abs=1e-9)
     assert answer["model_version"] == registered_model["model_id"]
     assert answer["registered_version"] == f"ride-duration/{registered_model['version']}"
-    health = requests.get(f"{keyed_service}/health", timeout=10)  # no key needed to ask for health
+    probe = requests.get(f"{keyed_service}/health", timeout=10)  # no key needed to ask whether it is ready
+    assert probe.status_code == 200 and probe.json() == {"status": "ready"}
+    health = requests.get(f"{keyed_service}/health", headers={"X-API-Key": API_KEY}, timeout=10)
     assert health.status_code == 200 and health.json()["model_uri"] == registered_model["uri"]
     assert health.json()["follows"] == {"alias": "ride-duration@production", "poll_seconds": 30}
     assert health.json()["last_poll"]["outcome"] == "unchanged"  # each worker checks once before it serves

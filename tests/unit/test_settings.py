@@ -84,3 +84,12 @@ def test_a_component_reads_only_its_groups_so_a_stray_variable_cannot_stop_it():
     web = Settings.from_environ(environ, groups=WEB_SERVICE)
     assert (web.max_rides, web.model_uri, web.mlflow_port) == (5, "models:/m-1", Settings().mlflow_port)
     assert Settings.from_environ(environ, groups=BATCH).max_rides == Settings().max_rides
+
+
+@pytest.mark.parametrize("name", ["API_KEY", "METRICS_API_KEY"])
+def test_a_key_set_but_empty_is_an_error_and_unset_means_none(name):
+    with pytest.raises(SettingError, match=f"{name} is set but empty"):
+        Settings.from_environ({name: ""})
+    with pytest.raises(SettingError, match=f"{name} is set but empty"):
+        Settings.from_environ({name: "  "})
+    assert Settings.from_environ({}).api_key == Settings.from_environ({}).metrics_api_key == ""

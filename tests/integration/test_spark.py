@@ -78,3 +78,26 @@ def test_score_spark_writes_what_score_py_writes_for_every_real_month(registered
             default_output("green", year, month, spark_root), default_output("green", year, month, score_root)
         )
     print(f"score_spark.py: {len(months)} months in {spark_seconds:.1f}s")
+
+
+@pytest.mark.parametrize("java", ["none", "java 11"])
+def test_without_java_17_the_scorer_says_what_to_install_before_starting_spark(java, tmp_path):
+    java_home = tmp_path / "jdk"
+    if java == "java 11":  # a java that answers -version as OpenJDK 11 does
+        (java_home / "bin").mkdir(parents=True)
+        fake = java_home / "bin" / "java"
+        fake.write_text('#!/bin/sh\necho \'openjdk version "11.0.22" 2024-01-16\' >&2\n')
+        fake.chmod(0o755)
+    result = subprocess.run(
+        [sys.executable, str(SCORE_SPARK_PY), "--month", "2021-01", "--output-root", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=child_environment({"JAVA_HOME": str(java_home)}),
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("score_spark.py: error: Spark needs Java 17+"), result.stderr
+    assert "install a JDK 17" in lines[0] and ("is Java 11" in lines[0]) == (java == "java 11")
+    assert not (tmp_path / "out").exists()

@@ -80,7 +80,9 @@ def run() -> list[Table]:
 
     months = real_months()
     if len(months) < max(MONTH_COUNTS):
-        raise SystemExit(f"bench spark needs {max(MONTH_COUNTS)} real green months in TAXI_DATA_DIR, found {len(months)}")
+        raise SystemExit(
+            f"bench spark needs {max(MONTH_COUNTS)} real green months in TAXI_DATA_DIR, found {len(months)}"
+        )
     with tempfile.TemporaryDirectory(prefix="bench-spark-") as folder:
         folder = Path(folder)
         model_uri = prepare_models(folder, kinds=("linear",))["linear"]

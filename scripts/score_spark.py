@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -98,8 +99,9 @@ def spark_session(master: str | None = None, app_name: str = "score_spark"):
     builder = SparkSession.builder.appName(app_name)
     local = (master or "local").startswith("local")
     conf = {**SPARK_CONF, **(LOCAL_SPARK_CONF if local else {})}
-    if local:
-        export_defaults({"PYSPARK_PYTHON": sys.executable})  # read by pyspark itself; a value already set wins
+    if local:  # read by pyspark and Spark themselves; values already set win
+        export_defaults({"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"})
+    warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
     if master:
         builder = builder.master(master)
     for key, value in conf.items():

@@ -21,11 +21,16 @@ pytest.importorskip("pyspark", reason="pyspark is the optional spark extra: make
 
 from ride_duration.batch import default_output
 from ride_duration.model import load_model
+from ride_duration.notebooks import noise
 from ride_duration.settings import child_environment
 from tests.batch_support import import_score
-from tests.helpers import IN_CI, ROOT, real_green_months
+from tests.helpers import IN_CI, ROOT, real_green_months, require_real_months
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from run_notebooks import run_notebook
 
 SCORE_SPARK_PY = ROOT / "scripts" / "score_spark.py"
+NOTEBOOK = ROOT / "notebooks" / "09-spark.ipynb"
 REAL_GREEN_MONTHS_IN_CI = 11  # the months CI's TAXI_DATA_DIR holds
 
 
@@ -65,7 +70,9 @@ def test_score_spark_writes_what_score_py_writes_for_every_real_month(registered
     uri = registered_model["artifact_uri"]
     began = time.perf_counter()
     month_args = [arg for year, month in months for arg in ("--month", f"{year:04d}-{month:02d}")]
-    result = run_score_spark(["--taxi-type", "green", *month_args, "--model-uri", uri, "--output-root", str(spark_root)])
+    result = run_score_spark(
+        ["--taxi-type", "green", *month_args, "--model-uri", uri, "--output-root", str(spark_root)]
+    )
     spark_seconds = time.perf_counter() - began
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count(" scored ") == len(months), result.stdout
@@ -86,7 +93,7 @@ def test_without_java_17_the_scorer_says_what_to_install_before_starting_spark(j
     if java == "java 11":  # a java that answers -version as OpenJDK 11 does
         (java_home / "bin").mkdir(parents=True)
         fake = java_home / "bin" / "java"
-        fake.write_text('#!/bin/sh\necho \'openjdk version "11.0.22" 2024-01-16\' >&2\n')
+        fake.write_text("#!/bin/sh\necho 'openjdk version \"11.0.22\" 2024-01-16' >&2\n")
         fake.chmod(0o755)
     result = subprocess.run(
         [sys.executable, str(SCORE_SPARK_PY), "--month", "2021-01", "--output-root", str(tmp_path / "out")],
@@ -101,3 +108,17 @@ def test_without_java_17_the_scorer_says_what_to_install_before_starting_spark(j
     assert len(lines) == 1 and lines[0].startswith("score_spark.py: error: Spark needs Java 17+"), result.stderr
     assert "install a JDK 17" in lines[0] and ("is Java 11" in lines[0]) == (java == "java 11")
     assert not (tmp_path / "out").exists()
+
+
+def test_notebook_runs_under_papermill_without_noise(registered_model, tmp_path):
+    """notebooks/09-spark.ipynb as a reader runs it: one month on Spark equal to score.py, spark_udf beside it."""
+    require_real_months(("green", 2021, 1))
+    parameters = {
+        "start": "2021-01",
+        "end": "2021-01",
+        "model_uri": registered_model["artifact_uri"],
+        "output_root": str(tmp_path / "output"),
+    }
+    executed = run_notebook("09-spark", parameters, tmp_path / "runs")
+    assert noise(executed) == []
+    assert (tmp_path / "output" / "green" / "2021-01.parquet").is_file()

@@ -108,7 +108,7 @@ def spark_session(master: str | None = None, app_name: str = "score_spark"):
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
-    spark.sparkContext.addPyFile(str(PROJECT_ROOT / "scripts" / "score.py"))  # score_batch, on every executor
+    spark.sparkContext.addPyFile(sys.modules[score_batch.__module__].__file__)  # score.py, on every executor
     return spark
 
 

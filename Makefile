@@ -27,8 +27,7 @@ test-unit: setup  ## the fast loop: tests/unit only (no servers, no subprocesses
 	$(PY) -m pytest tests/unit
 
 test-core: setup  ## the integration tests but Prefect's, Spark's and the README runs, in the core install (which has neither)
-	$(PY) -m pytest tests/integration --ignore=tests/integration/test_orchestration.py --ignore=tests/integration/test_readme.py \
-		--ignore=tests/integration/test_spark.py
+	$(PY) -m pytest tests/integration --ignore=tests/integration/test_orchestration.py --ignore=tests/integration/test_readme.py --ignore=tests/integration/test_spark.py
 
 test-spark: $(UV)  ## the Spark scorer's tests, after adding the optional spark extra (needs Java 17+)
 	$(UV) sync --frozen --compile-bytecode --extra spark

@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PY := .venv/bin/python
 NOTEBOOKS := 01-train 02-register 03-web-service 04-streaming 05-batch 07-lifecycle 08-monitor
 
-.PHONY: setup setup-monitoring tutorial test test-unit test-core test-monitoring test-orchestration lint export check-export bench stack-start stack-stop images
+.PHONY: setup setup-monitoring tutorial test test-unit test-core test-monitoring test-spark test-orchestration lint export check-export bench stack-start stack-stop images
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -23,18 +23,24 @@ setup-monitoring: $(UV)  ## .venv with the optional monitoring extra (Evidently)
 tutorial: setup-monitoring  ## run the numbered notebooks in order into runs/
 	$(PY) scripts/run_notebooks.py $(NOTEBOOKS)
 
-# `make test` runs each test once: the unit layer, then the integration layer in two parts.
-test: test-unit test-core test-monitoring test-orchestration  ## every test (TAXI_DATA_DIR points at real TLC months when there are some)
+# `make test` runs each test once: the unit layer, then the integration layer in four parts (each extra's part
+# syncs its own extra, which removes the others'; the README runs, last, need Prefect).
+test: test-unit test-core test-monitoring test-spark test-orchestration  ## every test (TAXI_DATA_DIR points at real TLC months when there are some)
 
 test-unit: setup  ## the fast loop: tests/unit only (no servers, no subprocesses, no registry; under a minute)
 	$(PY) -m pytest tests/unit
 
-test-core: setup  ## the integration tests but Prefect's and the README runs, in the core install (which has no Prefect)
-	$(PY) -m pytest tests/integration --ignore=tests/integration/test_orchestration.py --ignore=tests/integration/test_readme.py --ignore=tests/integration/test_monitoring.py
+test-core: setup  ## the integration tests but those of the optional extras and the README runs, in the core install
+	$(PY) -m pytest tests/integration --ignore=tests/integration/test_orchestration.py --ignore=tests/integration/test_readme.py --ignore=tests/integration/test_monitoring.py --ignore=tests/integration/test_spark.py
 
 test-monitoring: setup-monitoring  ## the monitoring tests (notebook 08 included), after adding the optional monitoring extra
 	$(PY) -c "import evidently"  # fail, not skip, if the extra did not install
 	$(PY) -m pytest tests/integration/test_monitoring.py
+
+test-spark: $(UV)  ## the Spark scorer's tests, after adding the optional spark extra (needs Java 17+)
+	$(UV) sync --frozen --compile-bytecode --extra spark
+	$(PY) -c "import pyspark"  # fail, not skip, if the extra did not install
+	$(PY) -m pytest tests/integration/test_spark.py
 
 # The README runs are here because some of their blocks install the extra offline, from uv's cache, which this
 # target's first line has filled.

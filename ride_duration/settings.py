@@ -26,6 +26,7 @@ STREAMING = ("model", "streaming")
 BATCH = ("model",)
 LOCAL_STACK = ("model", "local")
 MONITORING = ("model", "monitoring")
+SPARK = ("model", "spark")
 
 
 class SettingError(ValueError):
@@ -176,6 +177,14 @@ class Settings:
     )
     moto_port: int = variable("MOTO_PORT", 4566, "moto_server's port", group="local")
     mlflow_port: int = variable("MLFLOW_PORT", 5000, "the MLflow tracking server's port", group="local")
+    # Batch scoring on Spark (scripts/score_spark.py)
+    java_home: str = variable(
+        "JAVA_HOME",
+        "",
+        "read by Spark itself: the Java (17 or newer) `scripts/score_spark.py` starts Spark with; unset, `java` on the PATH",
+        group="spark",
+        shown="unset (`java` on the PATH)",
+    )
 
     @classmethod
     def from_environ(

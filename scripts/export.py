@@ -26,6 +26,7 @@ EXPORTS = {
     "notebooks/04-streaming.ipynb": "streaming/lambda_function.py",
     "notebooks/score.ipynb": "scripts/score.py",
     "notebooks/06-orchestrate.ipynb": "scripts/orchestrate.py",
+    "notebooks/09-spark.ipynb": "scripts/score_spark.py",
 }
 
 

@@ -1,0 +1,302 @@
+# Exported from notebooks/09-spark.ipynb by `make export`: edit the notebook, not this file.
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pickle
+import re
+import subprocess
+import sys
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from ride_duration.batch import (
+    BATCH_ROWS,
+    MonthInput,
+    PickupCount,
+    atomic_parquet,
+    default_output,
+    input_columns,
+    month_range,
+    numpy_values,
+    one_line,
+    open_month,
+    output_info_for,
+    output_schema,
+    summary_table,
+)
+from ride_duration.data import TAXI_TYPES, month_filename, month_label
+from ride_duration.settings import DEFAULT_MODEL_URI, PROJECT_ROOT, SPARK, Settings, export_defaults
+
+
+sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
+from score import score_batch, served_model  # the batch scorer, exported from notebooks/score.ipynb
+
+
+MIN_JAVA = 17
+INSTALL_JAVA = (
+    "install a JDK 17 or newer (Debian/Ubuntu: apt-get install openjdk-17-jre-headless) or set JAVA_HOME to one"
+)
+
+
+class JavaMissing(RuntimeError):
+    """No Java, or one too old for Spark 4: the message says what to install."""
+
+
+def java_command(settings: Settings) -> str:
+    """The java Spark starts: JAVA_HOME's, else the one on the PATH."""
+    return str(Path(settings.java_home) / "bin" / "java") if settings.java_home else "java"
+
+
+def java_major(version_text: str) -> int | None:
+    """17 from `java -version`'s 'openjdk version "17.0.15"', 8 from '"1.8.0_392"'; None if it names none."""
+    found = re.search(r'version "(\d+)(?:\.(\d+))?', version_text)
+    if not found:
+        return None
+    major = int(found.group(1))
+    return int(found.group(2) or 0) if major == 1 else major
+
+
+def check_java(settings: Settings) -> int:
+    """The major version of the Java Spark would start; JavaMissing if there is none, or it is older than 17."""
+    java = java_command(settings)
+    try:
+        shown = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise JavaMissing(
+            f"Spark needs Java {MIN_JAVA}+, and {java} does not run ({one_line(error)}): {INSTALL_JAVA}"
+        ) from None
+    major = java_major(shown.stderr + shown.stdout)
+    if major is None or major < MIN_JAVA:
+        found = f"Java {major}" if major else "no Java version"
+        raise JavaMissing(f"Spark needs Java {MIN_JAVA}+, {java} is {found}: {INSTALL_JAVA}")
+    return major
+
+
+SPARK_CONF = {
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.maxRecordsPerBatch": str(BATCH_ROWS),
+}
+LOCAL_SPARK_CONF = {
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.driver.host": "127.0.0.1",
+    "spark.ui.enabled": "false",
+}
+
+
+def spark_session(master: str | None = None, app_name: str = "score_spark"):
+    """The SparkSession to score with: master "local[2]" starts one here; None joins spark-submit's (or starts local[*])."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    local = (master or "local").startswith("local")
+    conf = {**SPARK_CONF, **(LOCAL_SPARK_CONF if local else {})}
+    if local:  # read by pyspark and Spark themselves; values already set win
+        export_defaults({"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"})
+    warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
+    if master:
+        builder = builder.master(master)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    spark.sparkContext.addPyFile(sys.modules[score_batch.__module__].__file__)  # score.py, on every executor
+    return spark
+
+
+ROW_INDEX = "row_index"
+
+
+def month_rides(spark, path: str, taxi_type: str):
+    """A month file's rides as a Spark DataFrame: the columns score.py reads, and each ride's row number."""
+    from pyspark.sql import functions as F
+
+    return spark.read.parquet(path).select(*input_columns(taxi_type), F.col("_metadata.row_index").alias(ROW_INDEX))
+
+
+def broadcast_model(spark, served):
+    """The served model, sent once to each executor. Pickled by cloudpickle: a pipeline loaded without
+    scikit-learn has classes made at load time, which plain pickle cannot name."""
+    from pyspark import cloudpickle
+
+    return spark.sparkContext.broadcast(cloudpickle.dumps(served))
+
+
+def model_value(model):
+    """The ServedModel of a broadcast_model, on an executor or the driver."""
+    return pickle.loads(model.value)
+
+
+SPARK_TYPES = {"string": "string", "timestamp[us]": "timestamp_ntz", "int64": "bigint", "double": "double"}
+
+
+def spark_schema(taxi_type: str) -> str:
+    """score.py's output schema, and the row number, as the DDL mapInArrow is told to expect."""
+    columns = [*output_schema(taxi_type), pa.field(ROW_INDEX, pa.int64())]
+    return ", ".join(f"`{column.name}` {SPARK_TYPES[str(column.type)]}" for column in columns)
+
+
+def consecutive_runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) positions of the runs of consecutive row numbers in a batch."""
+    edges = [0, *(np.flatnonzero(np.diff(rows) != 1) + 1).tolist(), len(rows)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def score_arrow_batches(batches, model, month_input: MonthInput):
+    """mapInArrow's function: Arrow batches of one month's rides in, score_batch's output rows (with row numbers) out.
+
+    model: the broadcast ServedModel (broadcast_model); unpickled once per task, from the executor's copy.
+    """
+    served = model_value(model)
+    for batch in batches:
+        rides = pa.Table.from_batches([batch])
+        rows = numpy_values(batch.column(ROW_INDEX), np.int64)
+        for first, stop in consecutive_runs(rows):
+            run = rides.slice(first, stop - first)
+            scored = score_batch(run.drop_columns([ROW_INDEX]), int(rows[first]), served, month_input)
+            yield from scored.append_column(ROW_INDEX, run.column(ROW_INDEX)).to_batches()
+
+
+def score_month(
+    spark, model, taxi_type: str, year: int, month: int, source: str, destination: str, *, synthetic=False
+) -> dict:
+    """Score one month file on Spark and write it as score.py does (atomically, same schema and metadata); its summary.
+
+    model: the broadcast ServedModel (broadcast_model). source: the month's file, any path Spark reads (a local path, s3a://, gs://).
+    Raises BadMonthFile if most pickups are of another month; nothing is written then, nor when the job fails.
+    """
+    started = time.perf_counter()
+    month_input = MonthInput(taxi_type, year, month, source, bool(synthetic), 0)
+    scored = month_rides(spark, source, taxi_type).mapInArrow(
+        partial(score_arrow_batches, model=model, month_input=month_input), spark_schema(taxi_type)
+    )
+    table = scored.toArrow().sort_by(ROW_INDEX).drop_columns([ROW_INDEX]).cast(output_schema(taxi_type))
+    pickups = PickupCount(dataclasses.replace(month_input, num_rows=table.num_rows, _table=table))
+    pickups.add(table)
+    pickups.check()
+    served = model_value(model)
+    info = output_info_for(served.version, taxi_type, year, month, bool(synthetic), served.registered_version)
+    with atomic_parquet(destination, output_schema(taxi_type), info) as writer:
+        for batch in table.to_batches(max_chunksize=BATCH_ROWS):
+            writer.write_table(pa.Table.from_batches([batch]))
+    return {
+        "month": month_label(taxi_type, year, month),
+        "status": "scored",
+        "rows": table.num_rows,
+        "seconds": round(time.perf_counter() - started, 3),
+        "output": destination,
+        "note": "SYNTHETIC" if synthetic else "",
+    }
+
+
+def month_source(taxi_type: str, year: int, month: int, input_root: str | None) -> tuple[str, bool]:
+    """(the file Spark reads, synthetic?): input_root's TLC file name, else where score.py finds the month."""
+    if input_root:
+        return f"{input_root.rstrip('/')}/{month_filename(taxi_type, year, month)}", False
+    month_input = open_month(taxi_type, year, month)
+    return month_input.source, month_input.synthetic
+
+
+def score_months(
+    spark,
+    taxi_type: str,
+    months: list[tuple[int, int]],
+    model_uri: str,
+    output_root: str = "output",
+    *,
+    input_root: str | None = None,
+) -> list[dict]:
+    """Each (year, month) into output_root, the model taken and broadcast once, months scored concurrently;
+    one summary row per month, a failed one included."""
+    from pyspark.errors import PySparkException
+
+    model = broadcast_model(spark, served_model(model_uri))
+
+    def one(year_month):
+        destination = default_output(taxi_type, *year_month, output_root)
+        try:
+            source, synthetic = month_source(taxi_type, *year_month, input_root)
+            return score_month(spark, model, taxi_type, *year_month, source, destination, synthetic=synthetic)
+        except (ValueError, OSError, PySparkException) as error:
+            row = {"month": month_label(taxi_type, *year_month), "status": "failed", "rows": None, "seconds": None}
+            return {**row, "output": destination, "note": one_line(error)}
+
+    with ThreadPoolExecutor(max_workers=spark.sparkContext.defaultParallelism) as pool:
+        return list(pool.map(one, months))
+
+
+PROG = "score_spark.py"
+
+
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Score a range of TLC months on Spark, writing exactly what score.py writes: "
+        "{output_root}/{taxi_type}/{YYYY-MM}.parquet, one file per month, written atomically.",
+    )
+    parser.add_argument("--taxi-type", choices=list(TAXI_TYPES), default=TAXI_TYPES[0], help="which TLC trip records")
+    parser.add_argument("--from", dest="start", metavar="YYYY-MM", help="first month (with --to)")
+    parser.add_argument("--to", dest="end", metavar="YYYY-MM", help="last month (included)")
+    parser.add_argument(
+        "--month",
+        dest="months",
+        action="append",
+        metavar="YYYY-MM",
+        help="a month to score, instead of --from/--to (repeat it for several)",
+    )
+    parser.add_argument(
+        "--model-uri",
+        default=settings.model_uri,
+        help=f"the model, loaded once on the driver and broadcast (default: $MODEL_URI, else {DEFAULT_MODEL_URI})",
+    )
+    parser.add_argument("--output-root", default="output", help="a folder or s3://bucket/prefix (default: output)")
+    parser.add_argument(
+        "--input-root",
+        help="where Spark reads the TLC files by their own names (s3a://, gs://, dbfs:/, a folder); "
+        "default: where score.py finds them ($TAXI_DATA_DIR, else the TLC download)",
+    )
+    parser.add_argument("--master", help="Spark's master, e.g. local[2]; default: spark-submit's, else local[*]")
+    return parser
+
+
+def months_asked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[int, int]]:
+    """The (year, month) pairs of --from/--to or of the --month options; a usage error (exit code 2) for neither or both."""
+    if bool(args.months) == bool(args.start or args.end):
+        parser.error("give --from and --to, or one --month per month")
+    if args.months:
+        return sorted({month for text in args.months for month in month_range(text, text)})
+    if not (args.start and args.end):
+        parser.error("--from and --to go together")
+    return month_range(args.start, args.end)
+
+
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
+    """score_spark.py's command line; exit code 0 if every month was scored, 1 otherwise (2: bad usage)."""
+    from ride_duration.model import ModelLoadError
+
+    settings = settings or Settings.from_environ(groups=SPARK)
+    parser = build_parser(settings)
+    args = parser.parse_args(argv)
+    try:
+        months = months_asked(parser, args)  # a bad month fails before Java, Spark or the model
+        check_java(settings)
+        spark = spark_session(args.master)
+        summary = score_months(
+            spark, args.taxi_type, months, args.model_uri, args.output_root, input_root=args.input_root
+        )
+    except (JavaMissing, ModelLoadError, ValueError, OSError) as error:
+        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
+        return 1
+    print(summary_table(summary))
+    return 1 if any(row["status"] == "failed" for row in summary) else 0
+
+if __name__ == "__main__":
+    sys.exit(main())

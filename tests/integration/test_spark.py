@@ -1,0 +1,124 @@
+"""Batch scoring on Spark (notebooks/09-spark.ipynb, exported to scripts/score_spark.py) against score.py:
+for every real green month in TAXI_DATA_DIR, 2023-02's int32 zone ids included, the two write the same file
+contents, row for row and bit for bit: schema, metadata (model version, month), ride ids, predictions.
+
+pyspark is the optional `spark` extra: `make test-spark` installs it and runs this file (nothing here may
+skip there); the core suite runs without it and skips it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("pyspark", reason="pyspark is the optional spark extra: make test-spark")
+
+from ride_duration.batch import default_output
+from ride_duration.model import load_model
+from ride_duration.notebooks import noise
+from ride_duration.settings import child_environment
+from tests.batch_support import import_score
+from tests.helpers import IN_CI, ROOT, real_green_months, require_real_months
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from run_notebooks import run_notebook
+
+SCORE_SPARK_PY = ROOT / "scripts" / "score_spark.py"
+NOTEBOOK = ROOT / "notebooks" / "09-spark.ipynb"
+REAL_GREEN_MONTHS_IN_CI = 11  # the months CI's TAXI_DATA_DIR holds
+
+
+def run_score_spark(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """scripts/score_spark.py as a reader runs it, on two local cores."""
+    return subprocess.run(
+        [sys.executable, str(SCORE_SPARK_PY), "--master", "local[2]", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=child_environment(),
+    )
+
+
+def assert_same_file(spark_file, score_file) -> None:
+    """The same schema and metadata, and every column equal; floats compared as their bits (NaN included)."""
+    spark_table, score_table = pq.read_table(spark_file), pq.read_table(score_file)
+    assert spark_table.schema.equals(score_table.schema, check_metadata=True), (spark_table.schema, score_table.schema)
+    assert spark_table.num_rows == score_table.num_rows
+    for name in score_table.column_names:
+        ours, theirs = spark_table.column(name).combine_chunks(), score_table.column(name).combine_chunks()
+        if pa.types.is_floating(theirs.type):
+            bits = [column.to_numpy(zero_copy_only=False).view(np.int64) for column in (ours, theirs)]
+            assert np.array_equal(*bits), f"{spark_file}: {name} differs from score.py's"
+        else:
+            assert ours.equals(theirs), f"{spark_file}: {name} differs from score.py's"
+
+
+def test_score_spark_writes_what_score_py_writes_for_every_real_month(registered_model, tmp_path):
+    months = real_green_months()
+    if IN_CI and len(months) < REAL_GREEN_MONTHS_IN_CI:
+        pytest.fail(f"CI must score all {REAL_GREEN_MONTHS_IN_CI} real green months, TAXI_DATA_DIR has {len(months)}")
+    if not months:
+        pytest.skip("no real green months (set TAXI_DATA_DIR)")
+    spark_root, score_root = tmp_path / "spark", tmp_path / "score"
+    uri = registered_model["artifact_uri"]
+    began = time.perf_counter()
+    month_args = [arg for year, month in months for arg in ("--month", f"{year:04d}-{month:02d}")]
+    result = run_score_spark(
+        ["--taxi-type", "green", *month_args, "--model-uri", uri, "--output-root", str(spark_root)]
+    )
+    spark_seconds = time.perf_counter() - began
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(" scored ") == len(months), result.stdout
+
+    score = import_score()
+    served = score.served_model(load_model(uri, without_sklearn=True))
+    for year, month in months:
+        score.score_month("green", year, month, served, default_output("green", year, month, score_root))
+        assert_same_file(
+            default_output("green", year, month, spark_root), default_output("green", year, month, score_root)
+        )
+    print(f"score_spark.py: {len(months)} months in {spark_seconds:.1f}s")
+
+
+@pytest.mark.parametrize("java", ["none", "java 11"])
+def test_without_java_17_the_scorer_says_what_to_install_before_starting_spark(java, tmp_path):
+    java_home = tmp_path / "jdk"
+    if java == "java 11":  # a java that answers -version as OpenJDK 11 does
+        (java_home / "bin").mkdir(parents=True)
+        fake = java_home / "bin" / "java"
+        fake.write_text("#!/bin/sh\necho 'openjdk version \"11.0.22\" 2024-01-16' >&2\n")
+        fake.chmod(0o755)
+    result = subprocess.run(
+        [sys.executable, str(SCORE_SPARK_PY), "--month", "2021-01", "--output-root", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=child_environment({"JAVA_HOME": str(java_home)}),
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("score_spark.py: error: Spark needs Java 17+"), result.stderr
+    assert "install a JDK 17" in lines[0] and ("is Java 11" in lines[0]) == (java == "java 11")
+    assert not (tmp_path / "out").exists()
+
+
+def test_notebook_runs_under_papermill_without_noise(registered_model, tmp_path):
+    """notebooks/09-spark.ipynb as a reader runs it: one month on Spark equal to score.py, spark_udf beside it."""
+    require_real_months(("green", 2021, 1))
+    parameters = {
+        "start": "2021-01",
+        "end": "2021-01",
+        "model_uri": registered_model["artifact_uri"],
+        "output_root": str(tmp_path / "output"),
+    }
+    executed = run_notebook("09-spark", parameters, tmp_path / "runs")
+    assert noise(executed) == []
+    assert (tmp_path / "output" / "green" / "2021-01.parquet").is_file()

@@ -59,7 +59,8 @@ export: setup  ## regenerate the exported scripts from their notebooks
 check-export: setup  ## fail if a committed export differs from a fresh export
 	$(PY) scripts/export.py --check
 
-bench: setup-monitoring  ## measure ours against the course's way, side by side (and monitoring beside scoring)
+bench: $(UV)  ## measure ours against the course's way, side by side (monitoring and Spark beside scoring: both extras)
+	$(UV) sync --frozen --compile-bytecode --extra monitoring --extra spark
 	$(PY) -m benchmarks
 
 images: setup  ## draw the diagrams in images/ (scripts/make_images.py --plots also redraws the batch plots)

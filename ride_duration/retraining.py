@@ -232,7 +232,7 @@ class RetrainingLoop:
             self.say(f"{taxi_type}/{step.month}: not monitored: {step.detail} (its months are scored unmonitored)")
             return step
         except Exception as error:  # the month is scored; what failed is recorded and said
-            step.action, step.detail = "monitoring failed", f"{type(error).__name__}: {one_line(error)}"
+            step.action, step.detail = "monitoring failed", one_line(error)
             return self.record(step)
         step.flagged, step.detail = row.flagged, row.reasons
         if not row.flagged:
@@ -302,7 +302,7 @@ class RetrainingLoop:
             )
             decision = promote(self.name, self.margin, self.settings)
         except Exception as error:  # the registry or the data: the month stays scored and monitored
-            step.action, step.detail = "retraining failed", f"{type(error).__name__}: {one_line(error)}"
+            step.action, step.detail = "retraining failed", one_line(error)
             return
         step.challenger_version = str(challenger.version)
         step.production_version = decision.version

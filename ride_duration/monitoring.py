@@ -8,9 +8,10 @@ on). A month is flagged, with its reasons, when a score crosses one of its `Thre
 SQLAlchemy table (SQLite by default), one per taxi type, month and model version; each month's Evidently
 report is saved as HTML.
 
-The quality metrics are computed with numpy on every ride; Evidently sees at most REPORT_SAMPLE_RIDES rides
-of each side (a fixed-seed sample), because its report costs tens of seconds at 3 million rides. Green
-months are smaller than the sample, so theirs are exact.
+The quality metrics are computed with numpy on every ride. Evidently computes the drift scores and the
+missing values, and draws the report, on at most REPORT_SAMPLE_RIDES rides of each side (a fixed-seed
+sample): on all 3 million rides of a yellow month its drift scores alone take tens of seconds. Green months
+are smaller than the sample, so theirs are exact.
 """
 
 from __future__ import annotations
@@ -130,6 +131,11 @@ class MonthMetrics:
     def label(self) -> str:
         return f"{self.taxi_type}/{self.month}"
 
+    @property
+    def verdict(self) -> str:
+        """One line: "green/2021-03: not flagged", or "green/2024-03: flagged: <reasons>"."""
+        return f"{self.label}: flagged: {self.reasons}" if self.flagged else f"{self.label}: not flagged"
+
 
 def rides_frame(rides, predictions) -> pd.DataFrame:
     """The monitored columns of a month: its ride fields, the actual duration (NaN outside 1 to 60 minutes,
@@ -194,37 +200,35 @@ def import_evidently():
         dtypes.infer_dtype_from_object = lambda dtype: (
             dtype if isinstance(dtype, type) else dtypes.pandas_dtype(dtype).type
         )
-    import evidently
+    with warnings.catch_warnings():  # its dependencies' deprecation notices (plotly's, litestar's) at import
+        warnings.simplefilter("ignore")
+        import evidently
 
     return evidently
 
 
 def evidently_report(current: pd.DataFrame, reference: pd.DataFrame):
-    """Evidently's snapshot of current against reference (each sampled to REPORT_SAMPLE_RIDES)."""
+    """Evidently's snapshot of current against reference (each sampled to REPORT_SAMPLE_RIDES): the drift of the
+    features and of the predictions, and the missing values. Not the errors: Evidently's RMSE and MAE take
+    seconds per 100,000 rides (its regression report draws every error plot); `quality` computes them."""
     evidently = import_evidently()
     from evidently import metrics
 
     definition = evidently.DataDefinition(
-        numerical_columns=[*NUMERICAL_FEATURES, ACTUAL, PREDICTION],
-        categorical_columns=list(CATEGORICAL_FEATURES),
-        regression=[evidently.Regression(target=ACTUAL, prediction=PREDICTION)],
+        numerical_columns=[*NUMERICAL_FEATURES, ACTUAL, PREDICTION], categorical_columns=list(CATEGORICAL_FEATURES)
     )
     report = evidently.Report(
         [
             *(metrics.ValueDrift(column=column) for column in (*RIDE_FIELDS, PREDICTION)),
             metrics.DriftedColumnsCount(columns=list(RIDE_FIELDS)),
             *(metrics.MissingValueCount(column=column) for column in RIDE_FIELDS),
-            metrics.RMSE(),
-            metrics.MAE(),
         ]
     )
 
     def dataset(frame):
         return evidently.Dataset.from_pandas(sample(frame), data_definition=definition)
 
-    with warnings.catch_warnings():  # scikit-learn's R^2 warnings on the report's small error bins
-        warnings.simplefilter("ignore")
-        return report.run(dataset(current), dataset(reference))
+    return report.run(dataset(current), dataset(reference))
 
 
 def snapshot_values(snapshot) -> dict:
@@ -273,6 +277,25 @@ def monitor_month(
     return row, snapshot
 
 
+def read_rides(taxi_type: str, year: int, month: int, *, synthetic: bool | str = False) -> pd.DataFrame:
+    """The ride fields and the duration of every ride of a month, in file order, read as batch scoring reads
+    them (only those columns, a row group at a time; the duration bit for bit as score.py writes it)."""
+    import pandas as pd
+
+    from ride_duration.batch import open_month, ride_columns
+
+    parts = [
+        ride_columns(rides, taxi_type) for _, rides in open_month(taxi_type, year, month, synthetic=synthetic).batches()
+    ]
+    columns = {
+        "PULocationID": [part.pu for part in parts],
+        "DOLocationID": [part.do for part in parts],
+        "trip_distance": [part.distance for part in parts],
+        "duration": [part.duration for part in parts],
+    }
+    return pd.DataFrame({name: np.concatenate(values) if values else np.array([]) for name, values in columns.items()})
+
+
 def score_frame(model: ServedModel, rides: pd.DataFrame) -> np.ndarray:
     """The model's predictions for rides (NaN where a distance is missing, as batch scoring leaves them)."""
     columns = {name: rides[name].to_numpy() for name in RIDE_FIELDS}
@@ -308,10 +331,8 @@ def reference_rides(
 
     month: (taxi type, year, month); by default the month the model was validated on.
     """
-    from ride_duration.data import add_duration, read_month
-
     taxi_type, year, number = month or reference_month(model.version, settings)
-    rides = add_duration(read_month(taxi_type, year, number, synthetic=synthetic), taxi_type)
+    rides = read_rides(taxi_type, year, number, synthetic=synthetic)
     return rides_frame(rides, score_frame(model, rides)), month_label(taxi_type, year, number)
 
 
@@ -325,7 +346,6 @@ def month_rides(taxi_type: str, year: int, month: int, scored_path: str | Path, 
     import pyarrow.parquet as pq
 
     from ride_duration.batch.output import output_info
-    from ride_duration.data import add_duration, read_month
 
     label = month_label(taxi_type, year, month)
     info = output_info(scored_path)
@@ -334,7 +354,7 @@ def month_rides(taxi_type: str, year: int, month: int, scored_path: str | Path, 
     if info["month"] != label or not info["model_version"]:
         raise ScoredMonthMismatch(f"{scored_path} holds {info['month'] or 'an unknown month'}, not {label}")
     scored = pq.read_table(scored_path, columns=["ride_id", PREDICTION])
-    rides = add_duration(read_month(taxi_type, year, month, synthetic=synthetic), taxi_type)
+    rides = read_rides(taxi_type, year, month, synthetic=synthetic)
     if scored.num_rows != len(rides):
         raise ScoredMonthMismatch(f"{scored_path} has {scored.num_rows:,} rides, {label} has {len(rides):,}")
     ids = scored.column("ride_id")
@@ -409,14 +429,17 @@ def monitor_scored_month(
 
 
 def metrics_table(metadata):
-    """The table's columns follow MonthMetrics' fields; (taxi_type, month, model_version) is the key."""
+    """The table's columns follow MonthMetrics' fields (NULL only where a field may be None);
+    (taxi_type, month, model_version) is the key."""
     import sqlalchemy as sa
 
-    kinds = {"str": sa.String(64), "int": sa.Integer(), "float": sa.Float(), "bool": sa.Boolean()}
+    kinds = {"str": sa.Text(), "int": sa.Integer(), "float": sa.Float(), "bool": sa.Boolean()}
     columns = []
     for spec in fields(MonthMetrics):
-        kind = str(spec.type).split(" | ")[0]
-        columns.append(sa.Column(spec.name, kinds[kind], primary_key=spec.name in KEY, nullable=spec.name not in KEY))
+        kind, *optional = str(spec.type).split(" | ")
+        key = spec.name in KEY
+        kind = sa.String(128) if key else kinds[kind]  # a key needs a bounded type in most databases
+        columns.append(sa.Column(spec.name, kind, primary_key=key, nullable=bool(optional)))
     return sa.Table(TABLE, metadata, *columns)
 
 
@@ -458,3 +481,39 @@ def read_metrics(url: str | None = None) -> pd.DataFrame:
             return pd.DataFrame(connection.execute(query).mappings().all(), columns=[c.name for c in table.columns])
     finally:
         engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: monitor one scored month, store its row, save its report, print its verdict."""
+    import argparse
+    import sys
+
+    from ride_duration.data import TAXI_TYPES
+    from ride_duration.model import ModelLoadError
+    from ride_duration.settings import MONITORING
+
+    parser = argparse.ArgumentParser(
+        prog="python -m ride_duration.monitoring",
+        description="Monitor a month scored by scripts/score.py against the validation month of the model that scored it.",
+    )
+    parser.add_argument("--taxi-type", default="green", choices=TAXI_TYPES)
+    parser.add_argument("--year", type=int, required=True)
+    parser.add_argument("--month", type=int, required=True)
+    parser.add_argument("--scored", help="score.py's output (default: output/<taxi type>/<YYYY-MM>.parquet)")
+    args = parser.parse_args(argv)
+    settings = Settings.from_environ(groups=MONITORING)
+    try:
+        row = monitor_scored_month(args.taxi_type, args.year, args.month, scored_path=args.scored, settings=settings)
+    except (FileNotFoundError, ScoredMonthMismatch, LookupError, ModelLoadError, ValueError) as error:
+        kind = "" if isinstance(error, (FileNotFoundError, ScoredMonthMismatch)) else f"{type(error).__name__}: "
+        print(f"monitoring: error: {kind}{error}", file=sys.stderr)
+        return 2
+    print(row.verdict)
+    if row.rmse is not None:
+        print(f"  RMSE {row.rmse:.2f} min, {row.reference} {row.reference_rmse:.2f} min")
+    print(f"  report: {report_path(row, settings)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,7 +46,6 @@ ACTUAL = "actual_duration"
 PREDICTION = "predicted_duration"
 NUMERICAL_FEATURES = ("trip_distance",)
 CATEGORICAL_FEATURES = ("PULocationID", "DOLocationID")
-MONITORED_COLUMNS = (*RIDE_FIELDS, ACTUAL, PREDICTION)
 OFF_BY_MINUTES = 10
 REPORT_SAMPLE_RIDES = 100_000
 SAMPLE_SEED = 1
@@ -279,21 +278,23 @@ def monitor_month(
 
 def read_rides(taxi_type: str, year: int, month: int, *, synthetic: bool | str = False) -> pd.DataFrame:
     """The ride fields and the duration of every ride of a month, in file order, read as batch scoring reads
-    them (only those columns, a row group at a time; the duration bit for bit as score.py writes it)."""
+    them (only those columns, a row group at a time; the duration bit for bit as score.py writes it).
+    attrs["source"] says where they came from: the file, or "synthetic" for a generated month."""
     import pandas as pd
 
     from ride_duration.batch import open_month, ride_columns
 
-    parts = [
-        ride_columns(rides, taxi_type) for _, rides in open_month(taxi_type, year, month, synthetic=synthetic).batches()
-    ]
+    month_input = open_month(taxi_type, year, month, synthetic=synthetic)
+    parts = [ride_columns(rides, taxi_type) for _, rides in month_input.batches()]
     columns = {
         "PULocationID": [part.pu for part in parts],
         "DOLocationID": [part.do for part in parts],
         "trip_distance": [part.distance for part in parts],
         "duration": [part.duration for part in parts],
     }
-    return pd.DataFrame({name: np.concatenate(values) if values else np.array([]) for name, values in columns.items()})
+    frame = pd.DataFrame({name: np.concatenate(values) if values else np.array([]) for name, values in columns.items()})
+    frame.attrs["source"] = "synthetic" if month_input.synthetic else month_input.source
+    return frame
 
 
 def score_frame(model: ServedModel, rides: pd.DataFrame) -> np.ndarray:
@@ -355,6 +356,9 @@ def month_rides(taxi_type: str, year: int, month: int, scored_path: str | Path, 
         raise ScoredMonthMismatch(f"{scored_path} holds {info['month'] or 'an unknown month'}, not {label}")
     scored = pq.read_table(scored_path, columns=["ride_id", PREDICTION])
     rides = read_rides(taxi_type, year, month, synthetic=synthetic)
+    if info["synthetic"] != (rides.attrs["source"] == "synthetic"):
+        kinds = ("synthetic", "real") if info["synthetic"] else ("real", "synthetic")
+        raise ScoredMonthMismatch(f"{scored_path} was scored from {kinds[0]} rides, but {label} here is {kinds[1]}")
     if scored.num_rows != len(rides):
         raise ScoredMonthMismatch(f"{scored_path} has {scored.num_rows:,} rides, {label} has {len(rides):,}")
     ids = scored.column("ride_id")
@@ -409,8 +413,6 @@ def monitor_scored_month(
     current, model_version = month_rides(taxi_type, year, month, scored_path, synthetic=synthetic)
     if reference is None:
         if model is None:
-            from dataclasses import replace
-
             model = production_model(replace(settings, model_uri=f"models:/{model_version}"))
         reference = reference_rides(model, settings=settings, synthetic=synthetic)
     frame, label = reference
@@ -483,8 +485,9 @@ def read_metrics(url: str | None = None) -> pd.DataFrame:
         engine.dispose()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line: monitor one scored month, store its row, save its report, print its verdict."""
+def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    """The command line: monitor one scored month, store its row, save its report, print its verdict.
+    environ: the variables to read the settings from (default: the process environment)."""
     import argparse
     import sys
 
@@ -501,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--month", type=int, required=True)
     parser.add_argument("--scored", help="score.py's output (default: output/<taxi type>/<YYYY-MM>.parquet)")
     args = parser.parse_args(argv)
-    settings = Settings.from_environ(groups=MONITORING)
+    settings = Settings.from_environ(environ, groups=MONITORING)
     try:
         row = monitor_scored_month(args.taxi_type, args.year, args.month, scored_path=args.scored, settings=settings)
     except (FileNotFoundError, ScoredMonthMismatch, LookupError, ModelLoadError, ValueError) as error:

@@ -126,3 +126,14 @@ def test_the_table_and_the_reports_are_where_the_settings_say(tmp_path):
     )
     assert settings.monitoring_url == "postgresql+psycopg://monitor@db/rides"
     assert monitoring.report_path(month_row(), settings) == tmp_path / "green" / "2021-03_m-one.html"
+
+
+def test_the_command_says_when_a_month_has_not_been_scored_and_stores_nothing(tmp_path, capsys):
+    environ = {"MONITORING_DB_URL": f"sqlite:///{tmp_path / 'monitoring.db'}"}
+    argv = ["--year", "2021", "--month", "3", "--scored", str(tmp_path / "missing.parquet")]
+    code = monitoring.main(argv, environ)
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"monitoring: error: no scored output at {tmp_path / 'missing.parquet'}: score green/2021-03 first (scripts/score.py)"
+    )
+    assert not (tmp_path / "monitoring.db").exists()

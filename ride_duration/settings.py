@@ -119,6 +119,7 @@ class Settings:
         True,
         "`0`: a month monitoring flags is recorded, no challenger is trained (`1`: retrained and gated)",
         group="monitoring",
+        shown="`1`",
     )
     # The local stack (moto_server and the MLflow server on loopback)
     local_stack_dir: Path = variable(

@@ -135,6 +135,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
         ]
         if misplaced:
             parser.error(f"{', '.join(misplaced)} do not apply to backfill: use --from, --to and --output-root")
+        if args.retrain is False and not args.monitor:
+            parser.error("--no-retrain applies with --monitor only")
     elif args.year is None or args.month is None:
         parser.error("--year and --month are required (or use the backfill command)")
     return args

@@ -9,6 +9,7 @@ import pytest
 
 from ride_duration import retraining
 from ride_duration.batch import backfills
+from ride_duration.batch import cli as batch_cli
 from ride_duration.data import month_filename
 from ride_duration.settings import Settings, exported
 from tests.batch_support import import_score, month_file
@@ -34,9 +35,10 @@ def test_training_months_are_the_two_latest_at_hand_before_the_flagged_one(tmp_p
     assert retraining.training_months("green", 2023, 1, synthetic=True) == [(2022, 11), (2022, 12)]
 
 
-@pytest.fixture
-def scored(tmp_path):
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
     """Months 2021-03 and 2021-04 (small stand-ins for TLC files) scored by a stand-in model."""
+    tmp_path = tmp_path_factory.mktemp("scored")
     score = import_score()
     model = stand_in_model("m-stand-in")
     paths = {}
@@ -124,3 +126,20 @@ def test_a_backfill_keeps_a_month_scored_when_its_monitoring_fails(tmp_path):
     assert row["status"] == "scored" and row["note"] == "monitoring failed: monitoring database is read-only"
     assert (tmp_path / "out" / "green" / "2021-03.parquet").exists()
     assert lines[-1] == "green/2021-03: monitoring failed: monitoring database is read-only"
+
+
+def test_the_backfill_command_line_passes_monitor_and_retrain_on(capsys):
+    calls = []
+
+    def backfill(*args, **options):
+        calls.append(options)
+        return []
+
+    argv = ["backfill", "--from", "2023-01", "--to", "2023-03"]
+    assert batch_cli.main(None, backfill, [*argv, "--monitor", "--no-retrain"]) == 0
+    assert batch_cli.main(None, backfill, argv) == 0
+    assert calls[0]["monitor"] is True and calls[0]["retrain"] is False
+    assert "monitor" not in calls[1]  # as before: no monitoring unless asked
+    with pytest.raises(SystemExit):
+        batch_cli.main(None, backfill, [*argv, "--no-retrain"])
+    assert "--no-retrain applies with --monitor only" in capsys.readouterr().err

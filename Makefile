@@ -1,6 +1,6 @@
 # The two Quick start commands are `make tutorial` and `make test`; everything else is a helper.
-UV_VERSION := 0.13.8
-# uv from the PATH, else a pinned copy in .tools/ (a venv of its own: no --user installs, no PEP 668 trouble)
+# uv from the PATH, else a copy in .tools/ (a venv of its own: no --user installs, no PEP 668 trouble), pinned
+# with its hashes by uv-requirements.txt
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PY := .venv/bin/python
 NOTEBOOKS := 01-train 02-register 03-web-service 04-streaming 05-batch 07-lifecycle 08-monitor
@@ -9,7 +9,7 @@ NOTEBOOKS := 01-train 02-register 03-web-service 04-streaming 05-batch 07-lifecy
 
 .tools/bin/uv:
 	python3 -m venv .tools
-	.tools/bin/python -m pip install --quiet uv==$(UV_VERSION)
+	.tools/bin/python -m pip install --quiet --require-hashes -r uv-requirements.txt
 
 # Bytecode compiled once here: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile
 # scikit-learn, scipy and pandas from source, seconds of each cold start (a repeated sync is quick).

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ride_duration.features import CLIP_DISTANCE, LINEAR_REGRESSORS
-from ride_duration.settings import Settings
+from ride_duration.settings import Settings, exported
 
 REGISTERED_MODEL = "ride-duration"
 PRODUCTION_ALIAS = "production"
@@ -53,6 +53,23 @@ def quiet_mlflow():
             logger.setLevel(level)
 
 
+@contextmanager
+def registry_limits(settings: Settings | None = None):
+    """MLflow's request timeout and retries from settings, for the MLflow calls inside the block.
+
+    MLflow's own defaults (a 120 s timeout, 7 retries with back-off) take minutes to give up on a tracking
+    server that is down; a start-up or a check of the alias should fail within seconds and say why.
+    """
+    settings = settings or Settings.from_environ(groups=("model",))
+    with exported(
+        {
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(settings.mlflow_request_timeout),
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.mlflow_request_retries),
+        }
+    ):
+        yield
+
+
 class ModelLoadError(RuntimeError):
     """The model URI does not lead to a loadable scikit-learn model; the message says why."""
 
@@ -84,10 +101,11 @@ def load_model(uri: str, *, without_sklearn: bool = False, settings: Settings | 
     scheme = urlparse(uri).scheme
     try:
         if scheme in ("models", "runs"):
-            return _load_from_mlflow(uri, without_sklearn, tracking_uri(settings))
+            with registry_limits(settings):
+                return _load_from_mlflow(uri, without_sklearn, settings)
         if scheme == "s3":
             with tempfile.TemporaryDirectory(prefix="model-") as folder:
-                _download_s3_folder(uri, Path(folder))
+                _download_s3_folder(uri, Path(folder), settings)
                 return load_model_folder(Path(folder), uri, without_sklearn=without_sklearn)
         path = Path(urlparse(uri).path if scheme == "file" else uri)
         return load_model_folder(path, uri, without_sklearn=without_sklearn)
@@ -174,12 +192,12 @@ def load_linear_pipeline(path: Path):
     return pipeline if FastPredictor(pipeline).linear else None
 
 
-def _download_s3_folder(uri: str, dest: Path) -> None:
-    import boto3
+def _download_s3_folder(uri: str, dest: Path, settings: Settings | None = None) -> None:
+    from ride_duration import aws
 
     parsed = urlparse(uri)
     bucket, prefix = parsed.netloc, parsed.path.lstrip("/").rstrip("/") + "/"
-    s3 = boto3.client("s3")
+    s3 = aws.client("s3", settings)
     found = False
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
@@ -191,12 +209,23 @@ def _download_s3_folder(uri: str, dest: Path) -> None:
         raise ModelLoadError(f"cannot load model {uri}: nothing stored under that S3 prefix")
 
 
-def _load_from_mlflow(uri: str, without_sklearn: bool, tracking: str) -> LoadedModel:
+def _load_from_mlflow(uri: str, without_sklearn: bool, settings: Settings | None) -> LoadedModel:
+    """A registry URI's model, read where it is stored if that is a local folder, else from a download.
+
+    Nothing is written into the artifact store, which may be read-only: MLflow's own download of a
+    `models:/` URI adds a file to the model's folder in a local store.
+    """
     import mlflow
 
+    tracking = tracking_uri(settings)
     mlflow.set_tracking_uri(tracking)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    loaded = load_model_folder(local, uri, without_sklearn=without_sklearn)
+    stored = artifact_uri(uri, settings) if uri.startswith("models:/") else uri
+    if urlparse(stored).scheme in ("", "file"):
+        loaded = load_model_folder(Path(urlparse(stored).path), uri, without_sklearn=without_sklearn)
+    else:
+        with tempfile.TemporaryDirectory(prefix="model-") as folder:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=stored, dst_path=folder))
+            loaded = load_model_folder(local, uri, without_sklearn=without_sklearn)
     loaded.registered_version = _registered_version(uri, tracking)
     return loaded
 
@@ -213,7 +242,8 @@ def resolve_alias(uri: str, settings: Settings | None = None) -> str:
     from mlflow import MlflowClient
 
     name, alias = alias_of(uri)
-    return f"{name}/{MlflowClient(tracking_uri(settings)).get_model_version_by_alias(name, alias).version}"
+    with registry_limits(settings):
+        return f"{name}/{MlflowClient(tracking_uri(settings)).get_model_version_by_alias(name, alias).version}"
 
 
 def _registered_version(uri: str, tracking: str) -> str | None:

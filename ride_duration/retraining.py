@@ -145,6 +145,7 @@ def log_challenger(
         },
         metrics={"val_rmse": train.rmse(pipeline, validation)},
         tags={"data_source": "synthetic" if is_synthetic(validation) else train.REAL_DATA, **(tags or {})},
+        reference_rides=validation,  # its predictions on them, for the web service's drift alert
     )
     return register_challenger(run.model_id, name)
 

@@ -66,12 +66,43 @@ class Settings:
         group="model",
         shown="`data/` in the project",
     )
+    mlflow_request_timeout: int = variable(
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        5,
+        "read by MLflow itself: seconds each request to the tracking server may take (the project's default is "
+        "short, so that a start-up with a registry URI and the server down fails fast)",
+        group="model",
+    )
+    mlflow_request_retries: int = variable(
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        2,
+        "read by MLflow itself: retries of a failed request to the tracking server, with back-off",
+        group="model",
+    )
     aws_endpoint_url: str = variable(
         "AWS_ENDPOINT_URL",
         "",
         "read by boto3 itself: the local S3/Kinesis endpoint (moto_server); unset, real AWS",
         group="model",
         shown="unset (real AWS)",
+    )
+    aws_connect_timeout: int = variable(
+        "AWS_CONNECT_TIMEOUT",
+        5,
+        "seconds every S3 and Kinesis client waits for a connection before it counts as a failed attempt",
+        group="model",
+    )
+    aws_read_timeout: int = variable(
+        "AWS_READ_TIMEOUT",
+        15,
+        "seconds every S3 and Kinesis client waits for an answer before it counts as a failed attempt",
+        group="model",
+    )
+    aws_max_attempts: int = variable(
+        "AWS_MAX_ATTEMPTS",
+        3,
+        "attempts of each S3 and Kinesis call (the first one included, botocore's standard retry mode) before it fails",
+        group="model",
     )
     # The web service
     api_key: str = variable(

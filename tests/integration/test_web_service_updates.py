@@ -283,8 +283,9 @@ def test_a_moved_alias_reaches_every_worker_under_load_and_survives_the_tracking
             lambda: any(a.body["registered_version"] == f"{REGISTERED_MODEL}/1" for a in load.since(moved_back)),
             POLL_SECONDS + 15,
         )
-        time.sleep(POLL_SECONDS + 5)  # both workers have checked since
-    late = [a for a in load.answers if a.sent >= moved_back + POLL_SECONDS + load_seconds + 5]
+        followed_by = moved_back + POLL_SECONDS + load_seconds + 5  # every worker has checked and loaded since
+        time.sleep(max(0.0, followed_by + 3 - time.monotonic()))  # and 3 s of answers after that
+    late = [a for a in load.answers if a.sent >= followed_by]
     assert failures(load.answers) == [] and wrong_answers(load.answers, versions) == []
     assert late and {a.body["registered_version"] for a in late} == {f"{REGISTERED_MODEL}/1"}
     assert wait_until(lambda: health(url)["last_poll"]["outcome"] == "unchanged", 10)

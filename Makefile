@@ -31,11 +31,11 @@ test-unit: setup  ## the fast loop: tests/unit only (no servers, no subprocesses
 	$(PY) -m pytest tests/unit
 
 test-core: setup  ## the integration tests but those of the optional extras and the README runs, in the core install
-	$(PY) -m pytest tests/integration --ignore=tests/integration/test_orchestration.py --ignore=tests/integration/test_readme.py --ignore=tests/integration/test_monitoring.py --ignore=tests/integration/test_spark.py
+	$(PY) -m pytest tests/integration --ignore=tests/integration/test_orchestration.py --ignore=tests/integration/test_readme.py --ignore=tests/integration/test_monitoring.py --ignore=tests/integration/test_spark.py --ignore=tests/integration/test_retraining_loop.py
 
 test-monitoring: setup-monitoring  ## the monitoring tests (notebook 08 included), after adding the optional monitoring extra
 	$(PY) -c "import evidently"  # fail, not skip, if the extra did not install
-	$(PY) -m pytest tests/integration/test_monitoring.py
+	$(PY) -m pytest tests/integration/test_monitoring.py tests/integration/test_retraining_loop.py
 
 test-spark: $(UV)  ## the Spark scorer's tests, after adding the optional spark extra (needs Java 17+)
 	$(UV) sync --frozen --compile-bytecode --extra spark
@@ -44,8 +44,8 @@ test-spark: $(UV)  ## the Spark scorer's tests, after adding the optional spark 
 
 # The README runs are here because some of their blocks install the extra offline, from uv's cache, which this
 # target's first line has filled.
-test-orchestration: $(UV)  ## the Prefect tests and the README runs, after adding the optional orchestration extra
-	$(UV) sync --frozen --compile-bytecode --extra orchestration
+test-orchestration: $(UV)  ## the Prefect tests and the README runs, after adding the optional orchestration and monitoring extras
+	$(UV) sync --frozen --compile-bytecode --extra orchestration --extra monitoring
 	$(PY) -c "import prefect"  # fail, not skip, if the extra did not install
 	$(PY) -m pytest tests/integration/test_orchestration.py tests/integration/test_readme.py
 

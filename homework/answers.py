@@ -6,7 +6,8 @@
 The key is computed in-process from the project's library (read_month, the fixed model, the
 batch writer, the registry steps in a throwaway MLflow store, the Lambda handler behind the local
 event-source runner on a moto_server of its own, the schedule's cron expression, the behavioural
-tests on the served model, the lifecycle's rollback command on the registry steps' store), a different path
+tests on the served model, the lifecycle's rollback command on the registry steps' store, monitoring's quality
+figures, the retraining loop's choice of months in a folder of the eleven month files), a different path
 from the one a learner takes (papermill, scripts/score.py, the web service, the command lines).
 solution.ipynb takes the learner's path; the tests check that both agree and that the committed
 keys equal freshly computed ones.
@@ -74,6 +75,15 @@ BEHAVIOUR_CHOICES = {
     "C": "invariance: alone, in a batch, in another order",
     "D": "minimum functionality: the course's example ride, 40 miles",
 }
+RETRAINING_MONTHS = [
+    (2021, 1), (2021, 2), (2021, 3), (2021, 4), (2021, 5), (2022, 1), (2022, 2), (2023, 1), (2023, 2), (2023, 3), (2024, 3)
+]  # fmt: skip
+RETRAINING_CHOICES = {
+    "A": "trained on 2024-01 and 2024-02, validated on 2024-03",
+    "B": "trained on 2023-02 and 2023-03, validated on 2024-03",
+    "C": "trained on 2023-03 and 2024-03, validated on 2024-03",
+    "D": "trained on 2021-01, validated on 2021-02",
+}
 ROLLBACK_CHOICES = {
     "A": "production goes to version 2 (it was 3)",
     "B": "production goes to version 1 (it was 2)",
@@ -87,6 +97,7 @@ CHOICES = {
     "q10": SCHEDULE_CHOICES,
     "q11": BEHAVIOUR_CHOICES,
     "q12": ROLLBACK_CHOICES,
+    "q14": RETRAINING_CHOICES,
 }
 
 # Options per question and variant (in homework/README.md too; a test checks they agree). A letter
@@ -104,12 +115,14 @@ OPTIONS = {
     "q10": {"tlc": list(LETTERS), "synthetic": list(LETTERS)},
     "q11": {"tlc": list(LETTERS), "synthetic": list(LETTERS)},
     "q12": {"tlc": list(LETTERS), "synthetic": list(LETTERS)},
+    "q13": {"tlc": [5.6, 10.6, 15.6, 20.6], "synthetic": [46.6, 56.6, 66.6, 76.6]},
+    "q14": {"tlc": list(LETTERS), "synthetic": list(LETTERS)},
 }
 
 # A numeric answer is right when it is within this of the computed value (README: "Tolerance: ±x").
 # Each is wide enough for the option itself and for last-digit differences between machines, and
 # narrower than the gap to any other option (a test checks both).
-TOLERANCE = {"q1": 0.1, "q2": 0.1, "q5": 0.1, "q6": 0.1, "q7": 0.1, "q8": 0}
+TOLERANCE = {"q1": 0.1, "q2": 0.1, "q5": 0.1, "q6": 0.1, "q7": 0.1, "q8": 0, "q13": 0.1}
 
 
 def model_sha256() -> str:
@@ -214,6 +227,30 @@ def behaviour_answer(model) -> str:
 
     failed = failures(behaviour(serve(model)))
     return "; ".join(f"{finding.kind}: {finding.name}" for finding in failed) or "none: every test passes"
+
+
+def off_by_10_percent(rides, output) -> float:
+    """Q13: monitoring's share of rides off by more than 10 minutes, in percent, of a scored month (its rides of
+    1 to 60 minutes), from the raw month's durations and the output's predictions (numpy, no Evidently)."""
+    from ride_duration import monitoring
+    from ride_duration.data import add_duration
+
+    frame = monitoring.rides_frame(add_duration(rides, "green"), output["predicted_duration"])
+    return 100 * monitoring.quality(frame)["share_off_10min"]
+
+
+def retraining_answer() -> str:
+    """Q14: the months the retraining loop trains and validates on when green 2024-03 is flagged, in a data
+    folder holding RETRAINING_MONTHS' files (empty files: the loop only looks for them)."""
+    from ride_duration.data import month_filename
+    from ride_duration.retraining import month_text, training_months
+
+    with tempfile.TemporaryDirectory() as folder:
+        for year, month in RETRAINING_MONTHS:
+            (Path(folder) / month_filename("green", year, month)).touch()
+        with exported({"TAXI_DATA_DIR": folder}):
+            months = training_months("green", 2024, 3)
+    return f"trained on {' and '.join(month_text(*m) for m in months)}, validated on 2024-03"
 
 
 def stream_answer() -> str:
@@ -370,12 +407,14 @@ def compute_key(variant: str) -> dict:
             "q6": float(model.pipeline.predict([ride_features(EXAMPLE_RIDE)])[0]),
             "q7": float(FastPredictor(model.pipeline).predict_rides([sample["ride"]])[0]),
             "q8": sum(len(read_month("green", y, m, synthetic=synthetic)) for y, m in BACKFILL_MONTHS),
+            "q13": off_by_10_percent(read_month("green", 2021, 4, synthetic=synthetic), april),
         }
     values["q3"] = export_command()
     values["q4"], values["q12"] = registry_answers()
     values["q9"] = stream_answer()
     values["q10"] = schedule_answer()
     values["q11"] = behaviour_answer(model)
+    values["q14"] = retraining_answer()
     answers = {}
     for question in OPTIONS:
         value = values[question]

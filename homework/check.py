@@ -60,6 +60,10 @@ HINTS = {
     "of test, then its name; compare what it predicts with the range the test expects",
     "q12": "a rollback goes to the version @previous names; see what the aliases name after the registry steps (Q4) "
     "and what the command prints to stderr",
+    "q13": "the actual_duration and diff columns of Q5's output: keep the rides of 1 to 60 minutes (both included), "
+    "then the percentage whose |diff| is more than 10",
+    "q14": "the loop validates on the flagged month and trains on the two latest months before it that are in the data "
+    "folder (ride_duration.retraining.training_months); none is downloaded",
 }
 LINE = re.compile(r"(q\d+)\s*[:=]\s*(.*)", flags=re.IGNORECASE)
 

@@ -167,6 +167,13 @@ class Settings:
         group="monitoring",
         shown="`runs/monitoring/` in the project",
     )
+    retrain_flagged_months: bool = variable(
+        "RETRAIN_FLAGGED_MONTHS",
+        True,
+        "`0`: a month monitoring flags is recorded, no challenger is trained (`1`: retrained and gated)",
+        group="monitoring",
+        shown="`1`",
+    )
     # The local stack (moto_server and the MLflow server on loopback)
     local_stack_dir: Path = variable(
         "LOCAL_STACK_DIR",

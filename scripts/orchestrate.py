@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
@@ -119,6 +120,19 @@ def publish_output(staging: str, destination: str, info: dict) -> str:
     return destination
 
 
+@task(name="monitor")
+def monitor_scored(
+    taxi_type: str, year: int, month: int, destination: str, retrain: bool | None, synthetic: bool | str
+) -> dict:
+    """The retraining loop's step on the month just written: monitor it and, if it is flagged, retrain the
+    production pipeline and run the gate (ride_duration.retraining). Not retried: the step records its own
+    failures, and the month is scored whatever happens here."""
+    from ride_duration.retraining import RetrainingLoop
+
+    step = RetrainingLoop(retrain=retrain, synthetic=synthetic).after_scoring(taxi_type, year, month, destination)
+    return asdict(step) | {"note": step.note}
+
+
 @flow(name="score-month", log_prints=True)
 def score_month_flow(
     run_date: date | None = None,
@@ -126,8 +140,11 @@ def score_month_flow(
     model_uri: str = DEFAULT_MODEL_URI,
     output_root: str = "output",
     synthetic: bool | str = False,
+    monitor: bool = False,
+    retrain: bool | None = None,
 ) -> dict:
-    """Score the month before run_date (default: the date this run was scheduled for)."""
+    """Score the month before run_date (default: the date this run was scheduled for); with monitor, then
+    the retraining loop's step (retrain: default RETRAIN_FLAGGED_MONTHS)."""
     run_date = run_date or flow_run.scheduled_start_time.date()
     year, month = month_to_score(run_date)
     destination = default_output(taxi_type, year, month, output_root)
@@ -140,7 +157,12 @@ def score_month_flow(
         )
         publish_output(str(staging), destination, info)
     print(f"scored {summary['rows']:,} rides with model {summary['model_version']} -> {destination}")
-    return {**summary, "output": destination}
+    result = {**summary, "output": destination}
+    if monitor:
+        state = monitor_scored(taxi_type, year, month, destination, retrain, synthetic, return_state=True)
+        failed = {"note": f"monitoring failed: {state.message}"}
+        result["monitoring"] = state.result() if state.is_completed() else failed
+    return result
 
 
 @flow(name="backfill-months", log_prints=True)
@@ -151,12 +173,14 @@ def backfill_flow(
     model_uri: str = DEFAULT_MODEL_URI,
     output_root: str = "output",
     synthetic: bool | str = False,
+    monitor: bool = False,
+    retrain: bool | None = None,
 ) -> list[dict]:
     """Score every month from start to end ("YYYY-MM", both included), one score-month run each."""
     rows = []
     for year, month in month_range(start, end):
         state = score_month_flow(
-            run_date_for(year, month), taxi_type, model_uri, output_root, synthetic, return_state=True
+            run_date_for(year, month), taxi_type, model_uri, output_root, synthetic, monitor, retrain, return_state=True
         )
         row = {
             "month": month_label(taxi_type, year, month),
@@ -168,12 +192,13 @@ def backfill_flow(
         }
         if state.is_completed():
             result = state.result()
+            notes = ["SYNTHETIC" if result["synthetic"] else "", result.get("monitoring", {}).get("note", "")]
             row.update(
                 status="scored",
                 rows=result["rows"],
                 output=result["output"],
                 model_version=result["model_version"],
-                note="SYNTHETIC" if result["synthetic"] else "",
+                note="; ".join(note for note in notes if note),
             )
         rows.append(row)
     create_table_artifact(rows, key=f"backfill-{taxi_type}", description=f"backfill {taxi_type} {start} to {end}")
@@ -187,11 +212,19 @@ MONTHLY = "score-month/monthly"
 BACKFILL = "backfill-months/backfill"
 
 
-def serve_deployments(taxi_type: str, model_uri: str, output_root: str, synthetic: bool | str = False) -> None:
+def serve_deployments(
+    taxi_type: str, model_uri: str, output_root: str, synthetic: bool | str = False, monitor: bool = False
+) -> None:
     """Serve the monthly schedule and the backfill deployment until interrupted, one run at a time."""
     if not is_s3(output_root):
         output_root = str(Path(output_root).resolve())  # runs must not depend on where they are started
-    parameters = {"taxi_type": taxi_type, "model_uri": model_uri, "output_root": output_root, "synthetic": synthetic}
+    parameters = {
+        "taxi_type": taxi_type,
+        "model_uri": model_uri,
+        "output_root": output_root,
+        "synthetic": synthetic,
+        "monitor": monitor,
+    }
     monthly = score_month_flow.to_deployment(
         name="monthly",
         schedules=[Cron(MONTHLY_CRON, timezone="UTC")],
@@ -254,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="score a synthetic month when the real one cannot be found",
     )
+    serve_parser.add_argument(
+        "--monitor",
+        action="store_true",
+        help="after each month, the retraining loop: monitor it, retrain if it is flagged "
+        "(RETRAIN_FLAGGED_MONTHS=0: record only; needs the extra `monitoring`)",
+    )
     trigger_parser = commands.add_parser("trigger", help="run the monthly deployment for a date now")
     trigger_parser.add_argument(
         "--date",
@@ -281,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "server":
         return subprocess.call(server_command(args.port))
     if args.command == "serve":
-        serve_deployments(args.taxi_type, args.model_uri, args.output_root, args.synthetic)
+        serve_deployments(args.taxi_type, args.model_uri, args.output_root, args.synthetic, args.monitor)
         return 0
     if args.command == "trigger":
         run = trigger(args.date, args.timeout)

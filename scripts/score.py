@@ -128,13 +128,30 @@ def backfill(
     *,
     force: bool = False,
     synthetic: bool | str = False,
+    monitor: bool = False,
+    retrain: bool | None = None,
 ) -> list[dict]:
     """score_month over every month from start to end ("YYYY-MM", both included) into output_root,
-    with the model taken once; one summary row per month."""
+    with the model taken once; one summary row per month.
+
+    monitor: after each month scored, the retraining loop's step (ride_duration.retraining): monitor it and,
+    if it is flagged and retrain is on (default: RETRAIN_FLAGGED_MONTHS), retrain and run the gate."""
     months = month_range(start, end)  # a bad range fails before the model loads
     served = served_model(model)
+    loop = None
+    if monitor:  # imported here: the batch image scores without the training libraries
+        from ride_duration.retraining import RetrainingLoop
+
+        loop = RetrainingLoop(retrain=retrain, synthetic=synthetic, say=backfills.tell)
     return backfills.backfill_months(
-        score_month, served, taxi_type, months, output_root, force=force, synthetic=synthetic
+        score_month,
+        served,
+        taxi_type,
+        months,
+        output_root,
+        force=force,
+        synthetic=synthetic,
+        after_scoring=loop.after_scoring if loop else None,
     )
 
 

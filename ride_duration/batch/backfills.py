@@ -60,6 +60,7 @@ def backfill_months(
     force: bool = False,
     synthetic: bool | str = False,
     say: Callable[[str], None] = tell,
+    after_scoring: Callable[..., object] | None = None,
 ) -> list[dict]:
     """Score each (year, month) into output_root with score_month; one summary row per month.
 
@@ -69,6 +70,8 @@ def backfill_months(
     what the backfill decided and why ("green/2021-01: scored by m-old (ride-duration/1), re-scoring with
     m-new (ride-duration/2)"). A month's failure (its data or its output) is its summary row; the others go on.
     StorageUnavailable (S3 down, after the client's retries) stops the backfill: it is no month's fault.
+    after_scoring(taxi_type, year, month, destination): the step after each month scored (the retraining loop's
+    monitoring); its `note` joins the month's, and its failure is noted there, the month staying scored.
     """
     from tqdm.auto import tqdm
 
@@ -96,6 +99,12 @@ def backfill_months(
         notes = ["SYNTHETIC"] if result["synthetic"] else []
         if why != "no output yet":
             notes.append(f"re-scored: {why}")
+        if after_scoring is not None:
+            try:
+                notes.append(after_scoring(taxi_type, year, month, destination).note)
+            except Exception as error:  # the month is scored and stays so
+                notes.append(f"monitoring failed: {one_line(error)}")
+                say(f"{row['month']}: monitoring failed: {one_line(error)}")
         summary.append(
             {**row, "status": "scored", "rows": result["rows"], "seconds": result["seconds"], "note": "; ".join(notes)}
         )

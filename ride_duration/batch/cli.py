@@ -102,6 +102,19 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     backfill_parser.add_argument(
         "--force", action="store_true", help="score months again even if their output is up to date"
     )
+    backfill_parser.add_argument(
+        "--monitor",
+        action="store_true",
+        help="monitor each month scored and retrain when one is flagged (needs the extra `monitoring`)",
+    )
+    backfill_parser.add_argument(
+        "--no-retrain",
+        dest="retrain",
+        action="store_const",
+        const=False,
+        default=None,
+        help="with --monitor: record flagged months, train nothing (default: $RETRAIN_FLAGGED_MONTHS, else on)",
+    )
     return parser
 
 
@@ -122,6 +135,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
         ]
         if misplaced:
             parser.error(f"{', '.join(misplaced)} do not apply to backfill: use --from, --to and --output-root")
+        if args.retrain is False and not args.monitor:
+            parser.error("--no-retrain applies with --monitor only")
     elif args.year is None or args.month is None:
         parser.error("--year and --month are required (or use the backfill command)")
     return args
@@ -149,6 +164,7 @@ def main(
                 args.output_root,
                 force=args.force,
                 synthetic=args.synthetic,
+                **({"monitor": True, "retrain": args.retrain} if args.monitor else {}),
             )
             print(summary_table(summary))
             return 1 if any(row["status"] == "failed" for row in summary) else 0

@@ -142,6 +142,7 @@ def test_08_monitors_the_months_and_ends_where_the_retraining_loop_begins(settin
     environment = {
         "MONITORING_DB_URL": f"sqlite:///{tmp_path / 'monitoring.db'}",
         "MONITORING_REPORTS_DIR": str(tmp_path / "reports"),
+        "RETRAIN_FLAGGED_MONTHS": "0",  # the loop's cells record the flags; retraining would move the session's model
     }
     from ride_duration.settings import exported
 
@@ -149,6 +150,7 @@ def test_08_monitors_the_months_and_ends_where_the_retraining_loop_begins(settin
         executed = run_notebook("08-monitor", {"months": ["2021-03", "2023-03", "2024-03"]}, output_dir=tmp_path)
     text = executed.read_text()
     assert "green/2021-03: not flagged" in text and "green/2024-03: flagged" in text
+    assert "green/2024-03: flagged: " in text and "(retraining is off)" in text
     assert noise(executed) == [], "08-monitor has library noise in its outputs"
     stored = monitoring.read_metrics(environment["MONITORING_DB_URL"])
     assert stored["month"].tolist() == ["2021-03", "2023-03", "2024-03"]

@@ -25,7 +25,7 @@ pytest.importorskip("prefect", reason="Prefect is the optional orchestration ext
 
 from ride_duration import batch, data, local_stack
 from ride_duration.settings import exported
-from tests.helpers import ROOT, has_real_month, require_real_months
+from tests.helpers import ROOT, has_real_month, require_real_months, tracking_store
 
 FLOWS_PY = ROOT / "scripts" / "orchestrate.py"
 SCORE_PY = ROOT / "scripts" / "score.py"
@@ -334,6 +334,34 @@ def test_output_to_s3_equals_score_py(prefect_api, registered_model, moto_url, t
     pd.testing.assert_frame_equal(batch.read_output(uploaded), batch.read_output(by_script["output"]), check_exact=True)
     keys = [item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
     assert sorted(keys) == ["scores/green/2021-02.parquet", "script.parquet"]
+
+
+def test_the_month_flow_monitors_what_it_scored(prefect_api, registered_model, tmp_path):
+    """monitor=True: the monitor task runs the retraining loop's step on the month written, against the
+    validation month of the model that scored it (2021-03 is not flagged for the 2021-01 model)."""
+    from ride_duration import monitoring, retraining
+
+    require_real_months(("green", 2021, 2), ("green", 2021, 3))
+    assert retraining.monitoring_installed(), "make test-orchestration installs the extra monitoring too"
+    database = f"sqlite:///{tmp_path / 'monitoring.db'}"
+    environment = {"MONITORING_DB_URL": database, "MONITORING_REPORTS_DIR": str(tmp_path / "reports")}
+    with tracking_store(registered_model["tracking_uri"]), exported(environment):
+        state = flows.score_month_flow(
+            date(2021, 4, 2),
+            "green",
+            registered_model["uri"],
+            str(tmp_path / "output"),
+            monitor=True,
+            return_state=True,
+        )
+    assert state.is_completed(), state.message
+    step = state.result()["monitoring"]
+    assert (step["month"], step["action"], step["flagged"]) == ("2021-03", "not flagged", False), step["detail"]
+    assert step["model_version"] == registered_model["model_id"]
+    (row,) = monitoring.read_metrics(database).itertuples()
+    assert (row.month, row.reference, row.rides) == ("2021-03", "green/2021-02", real_rows(2021, 3))
+    assert retraining.read_steps(database)["action"].tolist() == ["not flagged"]
+    assert [run.state.type.value for run in task_runs(state.state_details.flow_run_id, "monitor")] == ["COMPLETED"]
 
 
 # --- retries: transient failures only ----------------------------------------------------------

@@ -92,7 +92,7 @@ MALFORMED = {
     "bad JSON": ('{"q1": "B",', "not valid JSON"),
     "JSON list": ('{"q1": ["B"]}', "q1 must be a letter or a number"),
     "no colon": ("q1: B\nq2 3.3\n", "line 2: expected 'q1: <letter or number>', got 'q2 3.3'"),
-    "no such question": ("q13: A\n", "line 1: there is no question q13 (q1 to q12)"),
+    "no such question": ("q15: A\n", "line 1: there is no question q15 (q1 to q14)"),
     "answered twice": ("q1: B\n\n# again\nq1: C\n", "line 4: q1 is answered twice"),
 }
 

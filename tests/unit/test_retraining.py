@@ -54,6 +54,7 @@ def test_a_model_without_a_validation_month_is_said_once_and_its_months_stay_unm
     lines = []
     loop = retraining.RetrainingLoop(settings, say=lines.append)
     loop.installed = True  # as with the extra installed: what it does with the missing reference is tested
+    lines.clear()  # what the loop said about the extra when it started
 
     def no_reference(*args):
         raise LookupError("model m-stand-in has no validation month in its run")
@@ -71,6 +72,7 @@ def test_a_monitoring_failure_is_recorded_and_said_not_raised(settings, scored):
     lines = []
     loop = retraining.RetrainingLoop(settings, say=lines.append)
     loop.installed = True  # as with the extra installed: the failure is what is tested
+    lines.clear()  # what the loop said about the extra when it started
 
     def broken(*args):
         raise RuntimeError("the reference month cannot be read")

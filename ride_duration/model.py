@@ -147,9 +147,9 @@ def load_model_folder(
     try:
         path = inside(folder, flavor["pickled_model"])
         if sha256 is None and not allow_unverified:
-            unknown = "its registry version records none" if str(where).startswith("models:/") else "no MODEL_SHA256"
+            unknown = "the registry recorded none" if str(where).startswith("models:/") else "MODEL_SHA256 is not set"
             raise UntrustedModel(
-                f"no sha256 to verify {path.name} with ({unknown}): set MODEL_SHA256 to the sha256 of the file "
+                f"no sha256 to verify {path.name} against ({unknown}): set MODEL_SHA256 to its sha256 "
                 "(ALLOW_UNVERIFIED_MODEL=1 skips the check, for local work only)"
             )
         data = path.read_bytes()

@@ -123,7 +123,8 @@ def fixed_model():
     actual = model_sha256()
     if actual != MODEL_SHA256:
         raise SystemExit(f"homework/model/model.pkl has sha256 {actual}, not the published {MODEL_SHA256}")
-    return load_model(str(MODEL_DIR), settings=replace(Settings.from_environ(groups=("model",)), model_sha256=MODEL_SHA256))
+    checked = replace(Settings.from_environ(groups=("model",)), model_sha256=MODEL_SHA256)
+    return load_model(str(MODEL_DIR), settings=checked)
 
 
 def closest(options: list, value: float) -> str:

@@ -60,7 +60,8 @@ def make_store(folder: Path) -> str:
     folder.mkdir(parents=True)
     uri = f"sqlite:///{folder.resolve() / 'mlflow.db'}"
     train.setup_tracking(EXPERIMENT, replace(Settings.from_environ(), mlflow_tracking_uri=uri))
-    homework_model = load_model(str(HERE / "model"), settings=replace(Settings.from_environ(), model_sha256=MODEL_SHA256))
+    checked = replace(Settings.from_environ(), model_sha256=MODEL_SHA256)
+    homework_model = load_model(str(HERE / "model"), settings=checked)
     logged = train.log_pipeline(homework_model.pipeline, params={}, metrics={}, tags={"purpose": "homework"})
     client = MlflowClient(uri)
 

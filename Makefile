@@ -1,32 +1,40 @@
 # The two Quick start commands are `make tutorial` and `make test`; everything else is a helper.
-UV_VERSION := 0.13.8
-# uv from the PATH, else a pinned copy in .tools/ (a venv of its own: no --user installs, no PEP 668 trouble)
+# uv from the PATH, else a copy in .tools/ (a venv of its own: no --user installs, no PEP 668 trouble), pinned
+# with its hashes by uv-requirements.txt
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PY := .venv/bin/python
-NOTEBOOKS := 01-train 02-register 03-web-service 04-streaming 05-batch 07-lifecycle
+NOTEBOOKS := 01-train 02-register 03-web-service 04-streaming 05-batch 07-lifecycle 08-monitor
 
-.PHONY: setup tutorial test test-unit test-core test-orchestration lint export check-export bench stack-start stack-stop images
+.PHONY: setup setup-monitoring tutorial test test-unit test-core test-monitoring test-orchestration lint export check-export bench stack-start stack-stop images
 
 .tools/bin/uv:
 	python3 -m venv .tools
-	.tools/bin/python -m pip install --quiet uv==$(UV_VERSION)
+	.tools/bin/python -m pip install --quiet --require-hashes -r uv-requirements.txt
 
 # Bytecode compiled once here: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile
 # scikit-learn, scipy and pandas from source, seconds of each cold start (a repeated sync is quick).
 setup: $(UV)  ## create .venv from the lock file
 	$(UV) sync --frozen --compile-bytecode
 
-tutorial: setup  ## run the numbered notebooks in order into runs/
+# Evidently (notebook 08's monitoring) is an optional extra: it adds about 380 MB to .venv.
+setup-monitoring: $(UV)  ## .venv with the optional monitoring extra (Evidently)
+	$(UV) sync --frozen --compile-bytecode --extra monitoring
+
+tutorial: setup-monitoring  ## run the numbered notebooks in order into runs/
 	$(PY) scripts/run_notebooks.py $(NOTEBOOKS)
 
 # `make test` runs each test once: the unit layer, then the integration layer in two parts.
-test: test-unit test-core test-orchestration  ## every test (TAXI_DATA_DIR points at real TLC months when there are some)
+test: test-unit test-core test-monitoring test-orchestration  ## every test (TAXI_DATA_DIR points at real TLC months when there are some)
 
 test-unit: setup  ## the fast loop: tests/unit only (no servers, no subprocesses, no registry; under a minute)
 	$(PY) -m pytest tests/unit
 
 test-core: setup  ## the integration tests but Prefect's and the README runs, in the core install (which has no Prefect)
-	$(PY) -m pytest tests/integration --ignore=tests/integration/test_orchestration.py --ignore=tests/integration/test_readme.py
+	$(PY) -m pytest tests/integration --ignore=tests/integration/test_orchestration.py --ignore=tests/integration/test_readme.py --ignore=tests/integration/test_monitoring.py
+
+test-monitoring: setup-monitoring  ## the monitoring tests (notebook 08 included), after adding the optional monitoring extra
+	$(PY) -c "import evidently"  # fail, not skip, if the extra did not install
+	$(PY) -m pytest tests/integration/test_monitoring.py
 
 # The README runs are here because some of their blocks install the extra offline, from uv's cache, which this
 # target's first line has filled.
@@ -45,7 +53,7 @@ export: setup  ## regenerate the exported scripts from their notebooks
 check-export: setup  ## fail if a committed export differs from a fresh export
 	$(PY) scripts/export.py --check
 
-bench: setup  ## measure ours against the course's way, side by side
+bench: setup-monitoring  ## measure ours against the course's way, side by side (and monitoring beside scoring)
 	$(PY) -m benchmarks
 
 images: setup  ## draw the diagrams in images/ (scripts/make_images.py --plots also redraws the batch plots)

@@ -137,9 +137,9 @@ def aws_env(moto_url: str) -> dict:
 
 
 def ensure_bucket(bucket: str = ARTIFACT_BUCKET) -> None:
-    import boto3
+    from ride_duration import aws
 
-    s3 = boto3.client("s3")
+    s3 = aws.client("s3")
     try:
         s3.head_bucket(Bucket=bucket)
     except s3.exceptions.ClientError:
@@ -149,9 +149,9 @@ def ensure_bucket(bucket: str = ARTIFACT_BUCKET) -> None:
 def save_buckets(folder: Path) -> int:
     """Copy every S3 bucket of the endpoint, object by object, into folder (replacing what it held);
     moto_server keeps them in memory only. Returns the number of objects saved."""
-    import boto3
+    from ride_duration import aws
 
-    s3 = boto3.client("s3")
+    s3 = aws.client("s3")
     staging = folder.with_name(folder.name + ".part")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "objects").mkdir(parents=True)
@@ -180,13 +180,13 @@ def save_buckets(folder: Path) -> int:
 
 def restore_buckets(folder: Path) -> int:
     """Put back what save_buckets saved in folder (nothing if it saved nothing); returns the object count."""
-    import boto3
+    from ride_duration import aws
 
     manifest_file = folder / "manifest.json"
     if not manifest_file.exists():
         return 0
     manifest = json.loads(manifest_file.read_text())
-    s3 = boto3.client("s3")
+    s3 = aws.client("s3")
     for bucket in manifest["buckets"]:
         ensure_bucket(bucket)
     for item in manifest["objects"]:

@@ -92,3 +92,30 @@ def observe_many(histogram, values: list[float]) -> None:
     for index, count in enumerate(in_bucket):
         if count:
             histogram._buckets[index].inc(count)
+
+
+# The buckets of the web service's ride_duration_predicted_minutes histogram, in minutes: the served
+# model's reference (below) is counted in the same ones, so that the two can be compared bucket by bucket.
+PREDICTED_MINUTES_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120)
+REFERENCE_KEY = "reference_predictions"  # where a logged model keeps its reference, in its MLmodel metadata
+
+
+def reference_shares(predictions) -> dict[str, float]:
+    """The share of `predictions` at or below each bucket's upper bound, keyed by the bound as Prometheus
+    writes it in a histogram's `le` label ("1.0", ..., "+Inf"): a cumulative distribution, like the buckets."""
+    values = sorted(float(value) for value in predictions if not math.isnan(value))
+    if not values:
+        raise ValueError("no predictions to take a reference from")
+    return {label: bisect.bisect_right(values, bound) / len(values) for label, bound in bucket_bounds().items()}
+
+
+def bucket_bounds() -> dict[str, float]:
+    """The predicted-minutes buckets' upper bounds by their `le` label, +Inf included."""
+    from prometheus_client.utils import floatToGoString
+
+    return {floatToGoString(bound): float(bound) for bound in (*PREDICTED_MINUTES_BUCKETS, math.inf)}
+
+
+def reference_of(mlmodel: dict) -> dict[str, float] | None:
+    """The reference shares a model was logged with (its MLmodel file, as LoadedModel.info), or None."""
+    return (mlmodel.get("metadata") or {}).get(REFERENCE_KEY)

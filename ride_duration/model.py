@@ -32,7 +32,7 @@ from ride_duration.integrity import (
     inside,
     unpickle,
 )
-from ride_duration.settings import Settings
+from ride_duration.settings import Settings, exported
 
 REGISTERED_MODEL = "ride-duration"
 PRODUCTION_ALIAS = "production"
@@ -66,6 +66,23 @@ def quiet_mlflow():
     finally:
         for logger, level in saved.items():
             logger.setLevel(level)
+
+
+@contextmanager
+def registry_limits(settings: Settings | None = None):
+    """MLflow's request timeout and retries from settings, for the MLflow calls inside the block.
+
+    MLflow's own defaults (a 120 s timeout, 7 retries with back-off) take minutes to give up on a tracking
+    server that is down; a start-up or a check of the alias should fail within seconds and say why.
+    """
+    settings = settings or Settings.from_environ(groups=("model",))
+    with exported(
+        {
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(settings.mlflow_request_timeout),
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.mlflow_request_retries),
+        }
+    ):
+        yield
 
 
 class ModelLoadError(RuntimeError):
@@ -102,13 +119,15 @@ def load_model(uri: str, *, without_sklearn: bool = False, settings: Settings | 
     scheme = urlparse(uri).scheme
     try:
         if scheme == "models":
-            return _load_from_registry(uri, without_sklearn, settings)
+            with registry_limits(settings):
+                return _load_from_registry(uri, without_sklearn, settings)
         checks = {"sha256": settings.model_sha256.strip() or None, "allow_unverified": settings.allow_unverified_model}
         if scheme == "runs":
-            return _load_from_mlflow(uri, without_sklearn, settings, checks)
+            with registry_limits(settings):
+                return _load_from_mlflow(uri, without_sklearn, settings, checks)
         if scheme == "s3":
             with tempfile.TemporaryDirectory(prefix="model-") as folder:
-                _download_s3_folder(uri, Path(folder))
+                _download_s3_folder(uri, Path(folder), settings)
                 return load_model_folder(Path(folder), uri, without_sklearn=without_sklearn, **checks)
         path = Path(urlparse(uri).path if scheme == "file" else uri)
         return load_model_folder(path, uri, without_sklearn=without_sklearn, **checks)
@@ -222,12 +241,12 @@ def load_linear_pipeline(data: bytes):
     return pipeline if FastPredictor(pipeline).linear else None
 
 
-def _download_s3_folder(uri: str, dest: Path) -> None:
-    import boto3
+def _download_s3_folder(uri: str, dest: Path, settings: Settings | None = None) -> None:
+    from ride_duration import aws
 
     parsed = urlparse(uri)
     bucket, prefix = parsed.netloc, parsed.path.lstrip("/").rstrip("/") + "/"
-    s3 = boto3.client("s3")
+    s3 = aws.client("s3", settings)
     found = False
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
@@ -240,24 +259,26 @@ def _download_s3_folder(uri: str, dest: Path) -> None:
 
 
 def _load_from_registry(uri: str, without_sklearn: bool, settings: Settings) -> LoadedModel:
-    """A `models:/` URI: the registry is asked first which version (or logged model) it is and the sha256
-    recorded for it, then the files are downloaded and checked against that. An alias is resolved once, so
-    the version recorded is the version loaded."""
+    """A `models:/` URI: the registry is asked first which version (or logged model) it is, where its files are
+    and the sha256 recorded for it, then the file is read and checked against that. An alias is resolved once,
+    so the version recorded is the version loaded."""
     from mlflow import MlflowClient
 
     client = MlflowClient(settings.tracking_uri)
     path = uri[len("models:/") :]
     if path.startswith("m-"):
-        recorded, registered = client.get_logged_model(path).tags.get(MODEL_SHA256_TAG), None
+        logged = client.get_logged_model(path)
+        recorded, registered, stored = logged.tags.get(MODEL_SHA256_TAG), None, logged.artifact_location
     else:
         version = registry_version(client, path)
         recorded = version.tags.get(MODEL_SHA256_TAG) or (
             client.get_logged_model(version_model_id(version)).tags.get(MODEL_SHA256_TAG)
         )
         registered = f"{version.name}/{version.version}"
+        stored = client.get_model_version_download_uri(version.name, version.version)
     checks = {"sha256": recorded, "allow_unverified": settings.allow_unverified_model}
-    loaded = _load_from_mlflow(f"models:/{registered}" if registered else uri, without_sklearn, settings, checks)
-    loaded.uri, loaded.registered_version = uri, registered
+    loaded = _load_from_mlflow(uri, without_sklearn, settings, checks, stored)
+    loaded.registered_version = registered
     return loaded
 
 
@@ -275,12 +296,24 @@ def version_model_id(version) -> str:
     return version.model_id or version.source.removeprefix("models:/")
 
 
-def _load_from_mlflow(uri: str, without_sklearn: bool, settings: Settings, checks: dict) -> LoadedModel:
+def _load_from_mlflow(
+    uri: str, without_sklearn: bool, settings: Settings, checks: dict, stored: str | None = None
+) -> LoadedModel:
+    """A model MLflow keeps (at `stored`, else at uri itself: runs:/...), read where it is stored if that is a
+    local folder, else from a download.
+
+    Nothing is written into the artifact store, which may be read-only: MLflow's own download of a
+    `models:/` URI adds a file to the model's folder in a local store.
+    """
     import mlflow
 
     mlflow.set_tracking_uri(settings.tracking_uri)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    return load_model_folder(local, uri, without_sklearn=without_sklearn, **checks)
+    stored = stored or uri
+    if urlparse(stored).scheme in ("", "file"):
+        return load_model_folder(Path(urlparse(stored).path), uri, without_sklearn=without_sklearn, **checks)
+    with tempfile.TemporaryDirectory(prefix="model-") as folder:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=stored, dst_path=folder))
+        return load_model_folder(local, uri, without_sklearn=without_sklearn, **checks)
 
 
 def alias_of(uri: str) -> tuple[str, str] | None:
@@ -295,7 +328,8 @@ def resolve_alias(uri: str, settings: Settings | None = None) -> str:
     from mlflow import MlflowClient
 
     name, alias = alias_of(uri)
-    return f"{name}/{MlflowClient(tracking_uri(settings)).get_model_version_by_alias(name, alias).version}"
+    with registry_limits(settings):
+        return f"{name}/{MlflowClient(tracking_uri(settings)).get_model_version_by_alias(name, alias).version}"
 
 
 def artifact_uri(model_uri: str, settings: Settings | None = None) -> str:

@@ -71,6 +71,31 @@ def ride_id(year: int, month: int, row: int) -> str:
     return RIDE_ID_FORMAT.format(year=year, month=month, row=row)
 
 
+def valid_ride_columns(pu, do, distance):
+    """validate_ride's limits for rides given as numpy columns (batch scoring): a bool per ride, True where
+    the web service would accept the ride, or None when it would accept them all. Zone ids may be floats
+    (some TLC files store them so) but must be whole; a missing value is NaN, and is not valid."""
+    import numpy as np
+
+    def within(values, low, high) -> bool:  # min and max are NaN if any value is: then not within
+        return values.size == 0 or bool(values.min() >= low and values.max() <= high)
+
+    integer_zones = all(np.issubdtype(ids.dtype, np.integer) for ids in (pu, do))
+    if integer_zones and all(within(ids, 1, MAX_LOCATION_ID) for ids in (pu, do)):
+        if within(distance, 0, MAX_TRIP_DISTANCE):
+            return None  # the usual batch: two min/max passes instead of a comparison per ride per limit
+
+    def zone(ids):
+        if np.issubdtype(ids.dtype, np.integer):
+            return (ids >= 1) & (ids <= MAX_LOCATION_ID)
+        with np.errstate(invalid="ignore"):
+            return (ids >= 1) & (ids <= MAX_LOCATION_ID) & (ids == np.floor(ids))
+
+    with np.errstate(invalid="ignore"):
+        distance_ok = (distance >= 0) & (distance <= MAX_TRIP_DISTANCE)  # NaN fails both, infinities one
+    return zone(pu) & zone(do) & distance_ok
+
+
 def validate_ride(ride) -> dict:
     """Check one ride and return it with canonical types; raise BadRide saying what is wrong."""
     if not isinstance(ride, dict):

@@ -25,11 +25,7 @@ import numpy as np
 from ride_duration.features import FastPredictor, ride_features
 from ride_duration.model import LoadedModel, ModelLoadError, alias_of, load_model, resolve_alias
 from ride_duration.rides import EXAMPLE_RIDE, validate_ride
-from ride_duration.settings import Settings, export_defaults
-
-# MLflow retries a request 7 times with back-off (minutes against a server that is down); a check of the
-# alias is retried anyway at the next poll, so it asks briefly. A deployment's own values win.
-MLFLOW_HTTP_FOR_POLLS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+from ride_duration.settings import Settings
 
 SELF_CHECK_TOLERANCE = 1e-9  # minutes; the fast path does the pipeline's sums in the same order
 
@@ -140,8 +136,6 @@ class ModelService:
         self.poll_seconds = (settings or Settings.from_environ(groups=("model",))).model_poll_seconds
         self._loader = loader or (lambda uri: load_model(uri, without_sklearn=without_sklearn, settings=settings))
         self._resolver = resolver or (lambda uri: resolve_alias(uri, settings))
-        if self.alias and resolver is None:
-            export_defaults(MLFLOW_HTTP_FOR_POLLS)
         self.last_poll: Poll | None = None
         self.failed_polls = 0
         self._checked_at = time.monotonic()

@@ -25,6 +25,7 @@ WEB_SERVICE = ("model", "web")
 STREAMING = ("model", "streaming")
 BATCH = ("model",)
 LOCAL_STACK = ("model", "local")
+MONITORING = ("model", "monitoring")
 
 
 class SettingError(ValueError):
@@ -78,12 +79,43 @@ class Settings:
         group="model",
         shown="`data/` in the project",
     )
+    mlflow_request_timeout: int = variable(
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        5,
+        "read by MLflow itself: seconds each request to the tracking server may take (the project's default is "
+        "short, so that a start-up with a registry URI and the server down fails fast)",
+        group="model",
+    )
+    mlflow_request_retries: int = variable(
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        2,
+        "read by MLflow itself: retries of a failed request to the tracking server, with back-off",
+        group="model",
+    )
     aws_endpoint_url: str = variable(
         "AWS_ENDPOINT_URL",
         "",
         "read by boto3 itself: the local S3/Kinesis endpoint (moto_server); unset, real AWS",
         group="model",
         shown="unset (real AWS)",
+    )
+    aws_connect_timeout: int = variable(
+        "AWS_CONNECT_TIMEOUT",
+        5,
+        "seconds every S3 and Kinesis client waits for a connection before it counts as a failed attempt",
+        group="model",
+    )
+    aws_read_timeout: int = variable(
+        "AWS_READ_TIMEOUT",
+        15,
+        "seconds every S3 and Kinesis client waits for an answer before it counts as a failed attempt",
+        group="model",
+    )
+    aws_max_attempts: int = variable(
+        "AWS_MAX_ATTEMPTS",
+        3,
+        "attempts of each S3 and Kinesis call (the first one included, botocore's standard retry mode) before it fails",
+        group="model",
     )
     # The web service
     api_key: str = variable(
@@ -110,6 +142,21 @@ class Settings:
     )
     dry_run: bool = variable(
         "DRY_RUN", False, "`1`: return the predictions instead of writing them to the stream", group="streaming"
+    )
+    # Batch monitoring
+    monitoring_db_url: str = variable(
+        "MONITORING_DB_URL",
+        "",
+        "the SQLAlchemy URL of the database monitoring stores a row per month in (e.g. `postgresql+psycopg://...`)",
+        group="monitoring",
+        shown="`sqlite:///monitoring.db` in the project",
+    )
+    monitoring_reports_dir: Path = variable(
+        "MONITORING_REPORTS_DIR",
+        PROJECT_ROOT / "runs" / "monitoring",
+        "where monitoring saves each month's Evidently report (HTML)",
+        group="monitoring",
+        shown="`runs/monitoring/` in the project",
     )
     # The local stack (moto_server and the MLflow server on loopback)
     local_stack_dir: Path = variable(
@@ -147,6 +194,11 @@ class Settings:
         """MLFLOW_TRACKING_URI, else the project's embedded sqlite store."""
         return self.mlflow_tracking_uri or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
+    @property
+    def monitoring_url(self) -> str:
+        """MONITORING_DB_URL, else monitoring.db in the project (SQLite)."""
+        return self.monitoring_db_url or f"sqlite:///{PROJECT_ROOT / 'monitoring.db'}"
+
 
 def parse(name: str, text: str, kind: type):
     if kind is bool:
@@ -173,7 +225,7 @@ def environment_names() -> list[str]:
 
 
 def markdown_table(group: str) -> str:
-    """The README table of one group's variables ("model", "web", "streaming" or "local")."""
+    """The README table of one group's variables ("model", "web", "streaming", "local" or "monitoring")."""
     lines = ["| Variable | Default | What it does |", "|---|---|---|"]
     for spec in fields(Settings):
         if spec.metadata["group"] != group:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ride_duration.features import ClipDistance, frame_features
 from ride_duration.integrity import MODEL_SHA256_TAG, inside, sha256_of
+from ride_duration.metrics import REFERENCE_KEY, reference_shares
 from ride_duration.model import quiet_mlflow, tracking_uri
 from ride_duration.settings import Settings
 
@@ -97,12 +98,20 @@ def rmse(pipeline, rides) -> float:
     return float(np.sqrt(np.mean((rides["duration"].to_numpy() - predicted) ** 2)))
 
 
-def log_pipeline(pipeline, *, params: dict, metrics: dict, tags: dict, figure=None, run_name=None):
+def log_pipeline(
+    pipeline, *, params: dict, metrics: dict, tags: dict, figure=None, run_name=None, reference_rides=None
+):
     """One MLflow run: params, metrics, tags, an optional plot and the pipeline. Returns the model info.
 
+    reference_rides (the validation month): the model keeps the distribution of its predictions on them in
+    its MLmodel metadata, which the web service exports for its drift alert (web-service/monitoring/).
     The logged model records the sha256 of its pickled file (tag model_sha256): loads through the registry check it.
     """
     import mlflow
+
+    metadata = None
+    if reference_rides is not None:
+        metadata = {REFERENCE_KEY: reference_shares(pipeline.predict(frame_features(reference_rides)))}
 
     with mlflow.start_run(run_name=run_name):
         mlflow.log_params(params)
@@ -116,6 +125,7 @@ def log_pipeline(pipeline, *, params: dict, metrics: dict, tags: dict, figure=No
                 name="model",
                 pip_requirements=PIP_REQUIREMENTS,
                 serialization_format=SERIALIZATION_FORMAT,
+                metadata=metadata,
             )
     mlflow.set_logged_model_tags(info.model_id, {MODEL_SHA256_TAG: stored_sha256(info.model_id)})
     return info

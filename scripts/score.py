@@ -40,7 +40,8 @@ def served_model(model) -> ServedModel:
 
 
 def score_batch(rides: pa.Table, first_row: int, served: ServedModel, month_input: MonthInput) -> pa.Table:
-    """The output rows of one batch of rides (numbered from first_row in the month file), an Arrow table."""
+    """The output rows of one batch of rides (numbered from first_row in the month file), an Arrow table;
+    rides the web service would reject have no prediction (null)."""
     ride = ride_columns(rides, month_input.taxi_type)
     predicted = served.predict_columns(ride.fields)
     n = rides.num_rows
@@ -50,11 +51,15 @@ def score_batch(rides: pa.Table, first_row: int, served: ServedModel, month_inpu
         arrow_array(ride.pu),
         arrow_array(ride.do),
         arrow_array(ride.duration),
-        arrow_array(predicted),
-        arrow_array(ride.duration - predicted),
+        arrow_array(predicted, ride.valid),
+        arrow_array(ride.duration - predicted, ride.valid),
         repeated(served.version, n),
     ]
     return pa.Table.from_arrays(columns, schema=output_schema(month_input.taxi_type))
+
+
+def rejected_message(rejected: int, rows: int) -> str:
+    return f"{rejected:,} of {rows:,} rides are ones the web service would reject: they have no prediction (null)"
 
 
 def score_month(
@@ -74,7 +79,9 @@ def score_month(
     model: a URI, a loaded model or a served one (see served_model). month_input: the month already
     opened by open_month (a backfill opens it to decide); else it is opened from input_file and synthetic.
     allow_other_month: write the rides as this month even if most of their pickups are of another.
-    The summary's "seconds" is the reading, scoring and writing; "model_seconds" taking the model.
+    The summary's "seconds" is the reading, scoring and writing; "model_seconds" taking the model;
+    "rejected" the rides without a prediction (the web service would reject them), also in the output's
+    metadata (ride_duration.rejected_rides) and, when there are any, in a line on stderr.
     Raises MonthNotAvailable, BadMonthFile, ModelLoadError or ValueError; none leaves output behind.
     """
     month_input = month_input or open_month(taxi_type, year, month, input_file=input_file or None, synthetic=synthetic)
@@ -85,18 +92,23 @@ def score_month(
     if month_input.banner:
         print(month_input.banner, file=sys.stderr)
     info = output_info_for(served.version, taxi_type, year, month, month_input.synthetic, served.registered_version)
-    rows, pickups = 0, PickupCount(month_input)
+    rows, rejected, pickups = 0, 0, PickupCount(month_input)
     with atomic_parquet(destination, output_schema(taxi_type), info) as writer:
         for first_row, rides in month_input.batches():
             scored = score_batch(rides, first_row, served, month_input)
             writer.write_table(scored)
             rows += scored.num_rows
+            rejected += scored.column("predicted_duration").null_count
             pickups.add(scored)
         if not allow_other_month:
             pickups.check()
+        writer.info["rejected_rides"] = str(rejected)
+    if rejected:
+        print(f"{rejected_message(rejected, rows)} ({month_label(taxi_type, year, month)})", file=sys.stderr)
     return {
         "month": month_label(taxi_type, year, month),
         "rows": rows,
+        "rejected": rejected,
         "output": str(destination),
         "model_version": served.version,
         "registered_version": served.registered_version,

@@ -22,8 +22,9 @@ def read_predictions(client, stream: str, **limits) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
+
+    from ride_duration import aws
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stream", default="ride_predictions")
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=1.0)
     args = parser.parse_args(argv)
     records = read_stream(
-        boto3.client("kinesis"),
+        aws.client("kinesis"),
         args.stream,
         start=args.start,
         max_records=args.max_records,

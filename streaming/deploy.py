@@ -182,8 +182,10 @@ def deploy(settings: DeploySettings, session=None) -> dict:
     """Every step above, in order; returns the ARNs and ids made, for the reader to check."""
     import boto3
 
+    from ride_duration import aws
+
     session = session or boto3.Session()
-    kinesis, iam, lambda_client = session.client("kinesis"), session.client("iam"), session.client("lambda")
+    kinesis, iam, lambda_client = (aws.client(name, session=session) for name in ("kinesis", "iam", "lambda"))
     input_arn = ensure_stream(kinesis, settings.input_stream, settings.shards)
     output_arn = ensure_stream(kinesis, settings.output_stream, settings.shards)
     role_arn = ensure_role(iam, settings.role_name, role_policy(input_arn, output_arn, settings.model_uri))
@@ -237,9 +239,9 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     if args.streams_only:
-        import boto3
+        from ride_duration import aws
 
-        kinesis = boto3.client("kinesis")
+        kinesis = aws.client("kinesis")
         arns = {name: ensure_stream(kinesis, name, args.shards) for name in (args.input_stream, args.output_stream)}
         print(json.dumps(arns, indent=2))
         return 0

@@ -3,7 +3,8 @@ benchmark run the handler exactly as the image would:
 
 - the task root: what streaming/Dockerfile's COPY lines put in ${LAMBDA_TASK_ROOT},
 - a virtualenv with only the image's packages: what the Dockerfile's RUN line installs (the
-  requirements file it copies, exported from the lock's `lambda` group) plus boto3 and its
+  requirements file it copies, exported from the lock's `lambda` group, checked against its hashes
+  as the RUN line asks) plus boto3 and its
   dependencies, which the base image brings, at the versions the lock gives this project,
 - the handler named by the Dockerfile's CMD.
 
@@ -37,12 +38,14 @@ class LambdaImage:
 
 def dockerfile_parts(path: Path = DOCKERFILE) -> dict:
     """The base image, the COPY (source, destination in the task root) pairs, the requirements file
-    (in the task root) the RUN line installs, and the CMD handler."""
+    (in the task root) the RUN line installs and whether it requires hashes, and the CMD handler."""
     text = path.read_text()
+    install = re.search(r"^RUN pip install (.*)-r \$\{LAMBDA_TASK_ROOT\}/(\S+)", text, re.M)
     return {
         "base": re.search(r"^FROM (\S+)", text, re.M).group(1),
         "copies": re.findall(r"^COPY (\S+) \$\{LAMBDA_TASK_ROOT\}/(\S*)$", text, re.M),
-        "requirements": re.search(r"^RUN pip install .*-r \$\{LAMBDA_TASK_ROOT\}/(\S+)", text, re.M).group(1),
+        "requirements": install.group(2),
+        "require_hashes": "--require-hashes" in install.group(1).split(),
         "handler": json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))[0],
     }
 
@@ -65,9 +68,9 @@ def build(dest: Path) -> LambdaImage:
     uv = local_stack.uv_binary()
     run = dict(cwd=PROJECT_ROOT, check=True, capture_output=True, text=True, timeout=600)
     subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], **run)
-    subprocess.run(
-        [uv, "pip", "install", "--quiet", "--python", str(python), "-r", str(task_root / parts["requirements"])], **run
-    )
+    hashes = ["--require-hashes"] if parts["require_hashes"] else []
+    requirements = str(task_root / parts["requirements"])
+    subprocess.run([uv, "pip", "install", "--quiet", *hashes, "--python", str(python), "-r", requirements], **run)
     base_packages = [f"{name}=={version(name)}" for name in BASE_IMAGE_PACKAGES]
     subprocess.run([uv, "pip", "install", "--no-deps", "--quiet", "--python", str(python), *base_packages], **run)
     return LambdaImage(task_root=task_root, python=python, handler=parts["handler"])

@@ -96,10 +96,11 @@ class Container:
         return cls(settings, service)
 
     def kinesis_client(self):
+        """The Kinesis client, made on first use, with the settings' time limits (ride_duration.aws)."""
         if self.kinesis is None:
-            import boto3
+            from ride_duration import aws
 
-            self.kinesis = boto3.client("kinesis", endpoint_url=self.settings.aws_endpoint_url or None)
+            self.kinesis = aws.client("kinesis", self.settings)
         return self.kinesis
 
     def remember_written(self, key) -> None:

@@ -38,8 +38,9 @@ def send(client, stream: str, events: list[dict]) -> int:
 
 
 def main(argv=None) -> int:
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
+
+    from ride_duration import aws
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stream", default="ride_events")
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
         return 1
     events = ride_events(df, args.year, args.month, args.rides, args.start_row)
     try:
-        sent = send(boto3.client("kinesis"), args.stream, events)
+        sent = send(aws.client("kinesis"), args.stream, events)
     except (RuntimeError, BotoCoreError, ClientError) as error:
         print(f"error: could not send the rides to {args.stream}: {error}", file=sys.stderr)
         return 1

@@ -17,6 +17,13 @@ As Lambda does, it
 It stops after --max-batches handler calls, after --max-seconds, or when every shard has been
 caught up for --idle-seconds.
 
+The handler runs in a child process of its own, as a function runs in its Lambda container: the
+container stays warm from batch to batch, and an invocation that runs past the function's timeout
+(--timeout) is stopped as Lambda stops it. The child is killed, the invocation fails ("timed out")
+and, like any invocation error, the batch is invoked again in a fresh (cold) child; nothing of it
+is checkpointed. A call still running when --max-seconds is up is stopped the same way and the run
+ends (exit code 3): its batch is delivered again by the next run.
+
 Unlike Lambda, which skips a batch once its invocation errors have used up MaximumRetryAttempts,
 it stops: a handler that raises (model not loadable, output stream missing, endpoint down) makes
 it invoke the same batch again with back-off (--error-retries, --error-backoff), never
@@ -28,8 +35,9 @@ deciding.
 with their partition keys; the replayed lines move to FILE.replayed.
 
 Exit codes: 0 every record read was handled; 2 bad arguments; 3 stopped by an infrastructure
-failure (the handler kept raising or cannot be imported, a stream is missing, the endpoint is down,
-the checkpoint is another stream's), nothing checkpointed past it; 4 the run ended but some records
+failure (the handler kept raising or timing out, or cannot be imported, a stream is missing, the
+endpoint is down, the checkpoint is another stream's) or by --max-seconds during a call, nothing
+checkpointed past it; 4 the run ended but some records
 went to the failure destination. (1 is Python's own: the runner crashed, see the traceback.)
 """
 
@@ -39,6 +47,7 @@ import argparse
 import base64
 import importlib
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -50,7 +59,7 @@ from pathlib import Path
 from ride_duration.files import atomic_path
 from ride_duration.kinesis import POLL_SECONDS, put_records, shard_iterator, stream_shards
 
-HANDLER_TIMEOUT_SECONDS = 60  # what context.get_remaining_time_in_millis counts down from
+HANDLER_TIMEOUT_SECONDS = 60.0  # the function's timeout: what the deployed function has (streaming/deploy.py)
 MAX_ERROR_BACKOFF_SECONDS = 30.0  # the longest pause between invocations of a batch whose handler raised
 EXIT_OK, EXIT_USAGE, EXIT_STOPPED, EXIT_RECORDS_FAILED = 0, 2, 3, 4
 
@@ -72,6 +81,19 @@ class DestinationFailed(RuntimeError):
     """The failure stream refused records: they are not checkpointed past."""
 
 
+class HandlerTimedOut(RuntimeError):
+    """An invocation ran past the function's timeout and was stopped (its child process killed)."""
+
+
+class RunTimeUp(RuntimeError):
+    """--max-seconds ran out while the handler was handling a batch: the call was stopped, and the batch
+    is not checkpointed (the next run delivers it again)."""
+
+
+class HandlerNotLoaded(RuntimeError):
+    """The handler's module cannot be imported (Lambda's Runtime.ImportModuleError)."""
+
+
 class BadResponse(ValueError):
     """A handler response whose batchItemFailures name records that are not in the batch."""
 
@@ -91,6 +113,7 @@ class RunnerSettings:
     max_batches: int | None = None
     max_seconds: float = 300.0
     idle_seconds: float = 2.0
+    timeout: float = HANDLER_TIMEOUT_SECONDS  # the function's timeout, seconds per invocation
 
 
 @dataclass
@@ -98,14 +121,16 @@ class RunReport:
     records: int = 0  # records read from the stream and handed to the handler
     invocations: int = 0  # handler calls, re-deliveries included
     redeliveries: int = 0  # re-deliveries of records named in batchItemFailures
-    error_retries: int = 0  # invocations again after the handler raised
+    error_retries: int = 0  # invocations again after the handler raised or timed out
+    timeouts: int = 0  # invocations stopped at the function's timeout
     failed: int = 0  # records sent to the failure destination
     stopped: str = ""  # why the run ended
 
     def summary(self) -> str:
         return (
             f"{counted(self.records)} read, {self.invocations} handler calls ({self.redeliveries} re-deliveries, "
-            f"{self.error_retries} retries after errors), {self.failed} to the failure destination; "
+            f"{self.error_retries} retries after errors, {self.timeouts} timed out), "
+            f"{self.failed} to the failure destination; "
             f"stopped: {self.stopped}"
         )
 
@@ -188,6 +213,84 @@ class LocalContext:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
 
 
+def handler_worker(spec: str, connection) -> None:
+    """The child process a HandlerProcess runs: import the handler, say whether that worked, then handle
+    one (event, timeout) at a time, answering ("ok", response) or ("error", "Type: message")."""
+    try:
+        handler = load_handler(spec)
+    except BaseException as error:
+        connection.send(("error", f"cannot import the handler {spec}: {type(error).__name__}: {error}"))
+        return
+    connection.send(("ready", None))
+    while True:
+        try:
+            event, timeout = connection.recv()
+        except EOFError:  # the runner is gone
+            return
+        try:
+            response = handler(event, LocalContext(timeout))
+            connection.send(("ok", response))
+        except Exception as error:
+            connection.send(("error", "".join(traceback.format_exception_only(error)).strip()))
+
+
+class HandlerProcess:
+    """A handler ('module.function') run in a child process that can be stopped: a local Lambda container.
+
+    Called like the handler (event, context); context.get_remaining_time_in_millis() is how long the call
+    may take. A call past it kills the child and raises HandlerTimedOut; the next call starts a fresh child
+    (a cold start, as Lambda's next invocation after a timeout is). A handler that raises raises here too,
+    with its message (the child keeps its warm state).
+    """
+
+    def __init__(self, spec: str, start_timeout: float = HANDLER_TIMEOUT_SECONDS):
+        self.spec, self.start_timeout = spec, start_timeout
+        self.process = self.connection = None
+
+    def start(self) -> None:
+        """Start the child and wait (at most start_timeout) until it has imported the handler."""
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no locks or threads of this one
+        self.connection, child_end = context.Pipe()
+        self.process = context.Process(target=handler_worker, args=(self.spec, child_end), daemon=True)
+        self.process.start()
+        child_end.close()
+        status, message = self.receive(self.start_timeout, "importing the handler")
+        if status != "ready":
+            self.stop()
+            raise HandlerNotLoaded(message)
+
+    def __call__(self, event, context):
+        if self.process is None or not self.process.is_alive():
+            self.start()
+        timeout = context.get_remaining_time_in_millis() / 1000
+        self.connection.send((event, timeout))
+        status, answer = self.receive(timeout, "handling the batch")
+        if status == "error":
+            raise RuntimeError(answer)
+        return answer
+
+    def receive(self, timeout: float, doing: str):
+        """The child's next message; HandlerTimedOut (the child killed) if none comes within timeout."""
+        try:
+            if self.connection.poll(max(timeout, 0)):
+                return self.connection.recv()
+        except (EOFError, OSError):
+            self.process.join(5)
+            code = self.process.exitcode
+            self.stop()
+            raise RuntimeError(f"the handler's process died while {doing} (exit code {code})") from None
+        self.stop()
+        raise HandlerTimedOut(f"Task timed out after {timeout:.2f} seconds ({doing}); its process was stopped")
+
+    def stop(self) -> None:
+        """Kill the child, if there is one, and wait for it to be gone."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.join()
+            self.connection.close()
+        self.process = self.connection = None
+
+
 def lambda_event(records: list[dict], shard_id: str, stream_arn: str) -> dict:
     """The event Lambda hands a function for a batch of Kinesis records (get_records' dicts)."""
     _, _, _, region, account, _ = stream_arn.split(":", 5)
@@ -230,13 +333,17 @@ def failed_sequence_numbers(response, batch: list[dict]) -> set[str]:
 
 
 class Runner:
-    """One run over a stream: shards read round-robin, one batch per shard per round."""
+    """One run over a stream: shards read round-robin, one batch per shard per round.
+
+    handler: a HandlerProcess (what the command runs: an invocation past settings.timeout is stopped), or
+    any callable (event, context), called in this process, where nothing can stop it (scripted handlers).
+    """
 
     def __init__(self, handler, settings: RunnerSettings, client=None, log=print):
-        import boto3
+        from ride_duration import aws
 
         self.handler, self.settings, self.log = handler, settings, log
-        self.client = client or boto3.client("kinesis")
+        self.client = client or aws.client("kinesis")
         summary = self.client.describe_stream_summary(StreamName=settings.stream)["StreamDescriptionSummary"]
         self.stream_arn = summary["StreamARN"]
         self.checkpoint = Checkpoint(
@@ -247,6 +354,7 @@ class Runner:
             failures_file = Path(settings.checkpoint).with_suffix(".failures.jsonl")
         self.failures = FailureDestination(self.client, failures_file, settings.failure_stream)
         self.report = RunReport()
+        self.deadline = time.monotonic() + settings.max_seconds
 
     def run(self) -> RunReport:
         s = self.settings
@@ -254,7 +362,7 @@ class Runner:
             shard: shard_iterator(self.client, s.stream, shard, s.starting_position, self.checkpoint.position(shard))
             for shard in stream_shards(self.client, s.stream)
         }
-        deadline = time.monotonic() + s.max_seconds
+        deadline = self.deadline = time.monotonic() + s.max_seconds
         idle_since = time.monotonic()
         while not self.report.stopped:
             caught_up = True
@@ -328,10 +436,22 @@ class Runner:
         s = self.settings
         for retry in range(s.error_retries + 1):
             self.report.invocations += 1
+            time_left = self.deadline - time.monotonic()
+            context = LocalContext(min(s.timeout, max(time_left, 0)))
             try:
                 return failed_sequence_numbers(
-                    self.handler(lambda_event(batch, shard, self.stream_arn), LocalContext()), batch
+                    self.handler(lambda_event(batch, shard, self.stream_arn), context), batch
                 )
+            except HandlerTimedOut as error:
+                if time_left < s.timeout:
+                    self.report.stopped = f"max seconds ({s.max_seconds:g}) during a handler call"
+                    raise RunTimeUp(
+                        f"{shard}: --max-seconds ({s.max_seconds:g}) ran out while the handler was handling the "
+                        f"batch from sequence number {batch[0]['SequenceNumber']} ({counted(len(batch))}): the "
+                        f"call was stopped and the batch is not checkpointed; the next run delivers it again"
+                    ) from error
+                self.report.timeouts += 1
+                problem = f"{type(error).__name__}: {error}"
             except Exception as error:
                 problem = "".join(traceback.format_exception_only(error)).strip()
             if retry == s.error_retries:
@@ -403,8 +523,9 @@ def replay(client, failures_file: Path, stream: str) -> tuple[int, int]:
 
 
 def replay_main(argv) -> int:
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
+
+    from ride_duration import aws
 
     parser = argparse.ArgumentParser(prog="runner.py replay", description=replay.__doc__)
     parser.add_argument("--failures", required=True, type=Path, help="a failure file the runner wrote")
@@ -414,7 +535,7 @@ def replay_main(argv) -> int:
         print(f"nothing to replay: {args.failures} does not exist", flush=True)
         return EXIT_OK
     try:
-        replayed, rejected = replay(boto3.client("kinesis"), args.failures, args.stream)
+        replayed, rejected = replay(aws.client("kinesis"), args.failures, args.stream)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -484,11 +605,22 @@ def main(argv=None) -> int:
     )
     destination.add_argument("--failure-stream", help="a Kinesis stream for those records instead")
     parser.add_argument("--max-batches", type=int, help="stop after this many handler calls")
-    parser.add_argument("--max-seconds", type=float, default=300.0)
+    parser.add_argument(
+        "--max-seconds", type=float, default=300.0, help="stop after this long, stopping a handler call under way"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=HANDLER_TIMEOUT_SECONDS,
+        help=f"the function's timeout: seconds an invocation may take before it is stopped and counts as an "
+        f"error (default {HANDLER_TIMEOUT_SECONDS:g})",
+    )
     parser.add_argument("--idle-seconds", type=float, default=2.0, help="stop once caught up for this long")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_retries < 0 or args.error_retries < 0:
         parser.error("--batch-size must be at least 1, --max-retries and --error-retries at least 0")
+    if not args.timeout > 0 or not args.max_seconds > 0:
+        parser.error("--timeout and --max-seconds must be more than 0")
     settings = RunnerSettings(
         stream=args.stream,
         checkpoint=args.checkpoint,
@@ -503,18 +635,26 @@ def main(argv=None) -> int:
         max_batches=args.max_batches,
         max_seconds=args.max_seconds,
         idle_seconds=args.idle_seconds,
+        timeout=args.timeout,
     )
+    handler = HandlerProcess(args.handler, start_timeout=args.timeout)
     try:
-        handler = load_handler(args.handler)
-    except Exception as error:  # Lambda's Runtime.ImportModuleError: an invocation error, not the records' fault
-        print(f"error: cannot import the handler {args.handler}: {type(error).__name__}: {error}", file=sys.stderr)
-        return EXIT_STOPPED
-    try:
+        handler.start()  # Lambda's Runtime.ImportModuleError: an invocation error, not the records' fault
         local_runner = Runner(handler, settings, log=lambda line: print(line, flush=True))
         report = local_runner.run()
-    except (CheckpointMismatch, InvocationFailed, DestinationFailed, BotoCoreError, ClientError) as error:
+    except (
+        HandlerNotLoaded,
+        CheckpointMismatch,
+        InvocationFailed,
+        DestinationFailed,
+        RunTimeUp,
+        BotoCoreError,
+        ClientError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_STOPPED
+    finally:
+        handler.stop()
     print(f"done: {report.summary()}", flush=True)
     if report.failed:
         print(

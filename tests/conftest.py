@@ -24,10 +24,10 @@ LAYERS = ("unit", "integration")
 
 
 def pytest_collection_modifyitems(items):
-    """Mark each test with its layer, the folder it is in."""
+    """Mark each test with its layer, the folder it is in (tests/integration/faults/ is integration too)."""
     for item in items:
-        layer = Path(item.path).parent.name
-        if layer in LAYERS:
+        layer = next((folder.name for folder in Path(item.path).parents if folder.name in LAYERS), None)
+        if layer:
             item.add_marker(layer)
 
 
@@ -90,7 +90,7 @@ def registered_model(tmp_path_factory, training_months):
             "metrics": {"val_rmse": train.rmse(pipeline, val)},
             "tags": {"data_source": "synthetic" if synthetic else "tlc"},
         }
-        info = train.log_pipeline(pipeline, **run)
+        info = train.log_pipeline(pipeline, **run, reference_rides=val)
         version = lifecycle.register_best()
         assert version.promoted, version.reason
         model = {

@@ -2,6 +2,7 @@
 
 import hmac
 import json
+import math
 import sys
 import threading
 import time
@@ -27,7 +28,7 @@ from werkzeug.exceptions import (
 )
 from werkzeug.wsgi import get_content_length
 
-from ride_duration.metrics import MetricBuffer
+from ride_duration.metrics import PREDICTED_MINUTES_BUCKETS, MetricBuffer, bucket_bounds, reference_of
 from ride_duration.model import ModelLoadError
 from ride_duration.rides import BadRide, read_json
 from ride_duration.serving import POLL_OUTCOMES, ModelService, Poll, ServedModel
@@ -81,7 +82,13 @@ LATENCY = Histogram(
 PREDICTED = Histogram(
     "ride_duration_predicted_minutes",
     "Predicted ride durations",
-    buckets=(1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120),
+    buckets=PREDICTED_MINUTES_BUCKETS,
+)
+REFERENCE = Gauge(
+    "ride_duration_reference_share",
+    "Share of the served model's predictions on its validation month at or below le minutes",
+    ["le"],
+    multiprocess_mode="livemostrecent",
 )
 MODEL_INFO = Gauge(
     "ride_duration_model_info",
@@ -141,7 +148,15 @@ class RequestMetrics:
             if self.shown is not None:
                 MODEL_INFO.labels(*model_labels(self.shown)).set(0)
             MODEL_INFO.labels(*model_labels(served)).set(1)
+            show_reference(served)
             self.shown = served
+
+
+def show_reference(served: ServedModel) -> None:
+    """Export the reference the served model was logged with, NaN for a model logged without one."""
+    reference = reference_of(served.model.info) or {}
+    for le in bucket_bounds():
+        REFERENCE.labels(le).set(reference.get(le, math.nan))
 
 
 def model_labels(served: ServedModel) -> tuple[str, str, str]:

@@ -27,12 +27,14 @@ def numpy_values(array: pa.Array, dtype) -> np.ndarray:
     return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
 
 
-def arrow_array(values: np.ndarray) -> pa.Array:
-    """A numpy column as an Arrow array without a copy (the twin of numpy_values)."""
+def arrow_array(values: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """A numpy column as an Arrow array without a copy (the twin of numpy_values); null where `valid`
+    (a bool per value, if given) is False."""
     import pyarrow as pa
 
     values = np.ascontiguousarray(values)
-    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+    bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [bitmap, pa.py_buffer(values)])
 
 
 def fixed_width_strings(blocks: list[np.ndarray]) -> pa.Array:

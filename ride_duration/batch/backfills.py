@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 from ride_duration.batch.months import open_month
-from ride_duration.batch.output import default_output, model_label, scored_already
+from ride_duration.batch.output import StorageUnavailable, default_output, model_label, scored_already
 from ride_duration.data import check_month, month_label
 
 SUMMARY_COLUMNS = ["month", "status", "rows", "seconds", "output", "note"]
@@ -68,6 +68,7 @@ def backfill_months(
     month_input=...) scores one month and returns its summary. Before each month, `say` gets one line with
     what the backfill decided and why ("green/2021-01: scored by m-old (ride-duration/1), re-scoring with
     m-new (ride-duration/2)"). A month's failure (its data or its output) is its summary row; the others go on.
+    StorageUnavailable (S3 down, after the client's retries) stops the backfill: it is no month's fault.
     """
     from tqdm.auto import tqdm
 
@@ -87,6 +88,8 @@ def backfill_months(
             why = "forced" if done else why
             say(f"{row['month']}: {why}, {'scoring' if why == 'no output yet' else 're-scoring'} with {serving}")
             result = score_month(taxi_type, year, month, served, destination, month_input=month_input)
+        except StorageUnavailable:
+            raise
         except (ValueError, OSError) as error:  # this month's data or output; the others go on
             summary.append({**row, "status": "failed", "rows": None, "seconds": None, "note": one_line(error)})
             continue

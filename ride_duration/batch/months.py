@@ -28,7 +28,7 @@ from ride_duration.data import (
     locate_month,
     synthetic_month,
 )
-from ride_duration.rides import RIDE_FIELDS
+from ride_duration.rides import RIDE_FIELDS, valid_ride_columns
 
 if TYPE_CHECKING:  # batch scoring works on Arrow tables; pandas is imported only where it is used
     import pyarrow as pa
@@ -88,10 +88,16 @@ class RideColumns:
     """One batch's columns as scoring needs them, with one dtype across TLC years."""
 
     pickup: pa.Array  # timestamp[us], as the output stores it
-    pu: np.ndarray  # int64
-    do: np.ndarray  # int64
+    pu: np.ndarray  # int64 (1 where the file's zone id is missing or not a whole number: see valid)
+    do: np.ndarray  # int64 (likewise)
     distance: np.ndarray  # float64, NaN where missing
     duration: np.ndarray  # minutes, float64, NaN where a timestamp is missing
+    valid: np.ndarray | None = None  # bool per ride, what the web service would accept; None: every ride
+
+    @property
+    def rejected(self) -> int:
+        """How many rides of the batch the web service would reject (they get no prediction)."""
+        return 0 if self.valid is None else int(self.valid.size - np.count_nonzero(self.valid))
 
     @property
     def fields(self) -> dict[str, np.ndarray]:
@@ -102,7 +108,9 @@ class RideColumns:
 def ride_columns(rides: pa.Table, taxi_type: str) -> RideColumns:
     """The columns of a batch from batches(), without pandas (from 2023-02 location IDs are int32).
 
-    Raises BadMonthFile for a ride without a zone id.
+    `valid` marks the rides the web service would accept (ride_duration.rides.valid_ride_columns): a zone id
+    missing, out of range or not whole, a distance missing, negative, infinite or too long make a ride
+    invalid, not the month. The column types are checked when the month is opened (check_column_types).
     """
     import pyarrow as pa
 
@@ -112,23 +120,51 @@ def ride_columns(rides: pa.Table, taxi_type: str) -> RideColumns:
         chunks = rides.column(name)
         return chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()
 
-    def numbers(name: str, dtype) -> np.ndarray:
+    def numbers(name: str) -> np.ndarray:
+        """The column as numpy: its own integer or float dtype when read from the buffers, else float64
+        (NaN where missing)."""
         values = array(name)
-        if values.null_count == 0 and str(values.type) in NUMPY_TYPES:  # the TLC's types: read, then widen
-            return numpy_values(values, NUMPY_TYPES[str(values.type)]).astype(dtype, copy=False)
-        values = values.cast(pa.from_numpy_dtype(dtype))  # imports pyarrow.compute: only for other types
-        if values.null_count and dtype == np.int64:
-            raise BadMonthFile(f"{values.null_count:,} rides have no {name}")
-        return numpy_values(values.fill_null(np.nan) if values.null_count else values, dtype)
+        if values.null_count == 0 and str(values.type) in NUMPY_TYPES:  # the TLC's types: read as they are
+            return numpy_values(values, NUMPY_TYPES[str(values.type)])
+        values = values.cast(pa.float64())  # imports pyarrow.compute: only for other types, or missing values
+        return numpy_values(values.fill_null(np.nan) if values.null_count else values, np.float64)
 
+    pu, do, distance = numbers("PULocationID"), numbers("DOLocationID"), numbers("trip_distance")
+    valid = valid_ride_columns(pu, do, distance)
     pickups, dropoffs = array(pickup), array(dropoff)
     return RideColumns(
         pickup=pickups if pickups.type == pa.timestamp("us") else pickups.cast(pa.timestamp("us")),
-        pu=numbers("PULocationID", np.int64),
-        do=numbers("DOLocationID", np.int64),
-        distance=numbers("trip_distance", np.float64),
+        pu=zone_ids(pu, valid),
+        do=zone_ids(do, valid),
+        distance=distance.astype(np.float64, copy=False),
         duration=duration_minutes(pickups, dropoffs),
+        valid=valid,
     )
+
+
+def zone_ids(ids: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """Zone ids as int64; 1 stands in where a ride is invalid (its prediction is dropped)."""
+    if valid is not None and not np.issubdtype(ids.dtype, np.integer):
+        ids = np.where(valid, ids, 1)
+    return ids.astype(np.int64, copy=False)
+
+
+def check_column_types(path, schema, taxi_type: str) -> None:
+    """Raise BadMonthFile, naming the file and the column, unless the ride columns are numbers and the
+    pickup and dropoff columns timestamps: a column of another type cannot be scored at all."""
+    import pyarrow as pa
+
+    def number(kind) -> bool:
+        return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+
+    for name in DATETIME_COLUMNS[taxi_type]:
+        kind = schema.field(name).type
+        if not pa.types.is_timestamp(kind):
+            raise BadMonthFile(f"{path}: column {name} holds {kind}, not timestamps")
+    for name in RIDE_FIELDS:
+        kind = schema.field(name).type
+        if not number(kind) or pa.types.is_boolean(kind):
+            raise BadMonthFile(f"{path}: column {name} holds {kind}, not numbers")
 
 
 TICKS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
@@ -217,6 +253,7 @@ def _file_input(path: Path, taxi_type: str, year: int, month: int) -> MonthInput
     except Exception as error:
         raise BadMonthFile(f"{path} is not a readable parquet file: {error}") from error
     synthetic = check_month_schema(path, parquet.schema_arrow, taxi_type)
+    check_column_types(path, parquet.schema_arrow, taxi_type)
     return MonthInput(taxi_type, year, month, str(path), synthetic, parquet.metadata.num_rows, _file=parquet)
 
 

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from ride_duration.batch.months import MonthInput
 from ride_duration.data import DATETIME_COLUMNS, check_taxi_type, month_label
-from ride_duration.files import atomic_path
+from ride_duration.files import atomic_path, partial_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,6 +37,23 @@ PARQUET_OPTIONS = {"compression": COMPRESSED_COLUMNS, "use_dictionary": DICTIONA
 
 class OutputNotWritten(OSError):
     """The scored month could not be stored at its destination (nothing was left there)."""
+
+
+class StorageUnavailable(ConnectionError):
+    """S3 could not be reached (refused, timed out) after the client's retries: an infrastructure failure,
+    not a fault of the month, so a backfill stops at it instead of marking month after month failed."""
+
+
+def s3_unreachable(error: Exception) -> bool:
+    """True for botocore's connection and timeout errors (what its retries already tried again)."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError
+
+    return isinstance(error, (BotoConnectionError, HTTPClientError))
+
+
+def unreachable(destination: str, error: Exception) -> StorageUnavailable:
+    return StorageUnavailable(f"cannot reach S3 for {destination}: {type(error).__name__}: {error}")
 
 
 def output_schema(taxi_type: str):
@@ -108,10 +125,11 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 def s3_client():
-    """boto3's S3 client; AWS_ENDPOINT_URL points it at moto_server locally, unset it for AWS."""
-    import boto3
+    """The S3 client (ride_duration.aws: time limits, bounded retries); AWS_ENDPOINT_URL points it at
+    moto_server locally, unset it for AWS."""
+    from ride_duration import aws
 
-    return boto3.client("s3")
+    return aws.client("s3")
 
 
 class BackgroundWriter:
@@ -125,6 +143,7 @@ class BackgroundWriter:
         from concurrent.futures import ThreadPoolExecutor
 
         self.parquet_writer = parquet_writer
+        self.info: dict[str, str] = {}  # what the caller learns while writing, added to the output's metadata
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
         self.pending = None
 
@@ -156,8 +175,9 @@ def staging_path(destination: str | Path) -> Iterator[Path]:
         with atomic_path(Path(destination).resolve()) as temporary:
             yield temporary
         return
-    with tempfile.TemporaryDirectory(prefix=".scoring-") as folder:
-        yield Path(folder) / Path(split_s3(str(destination))[1]).name
+    name = f"scoring-{Path(split_s3(str(destination))[1]).name}"
+    with partial_file(Path(tempfile.gettempdir()), name) as temporary:
+        yield temporary
 
 
 def publish(finished: str | Path, destination: str | Path, info: dict) -> None:
@@ -172,6 +192,8 @@ def publish(finished: str | Path, destination: str | Path, info: dict) -> None:
     try:
         s3_client().upload_file(str(finished), bucket, key, ExtraArgs={"Metadata": s3_metadata(info)})
     except Exception as error:  # boto3 and botocore errors alike: the output was not written
+        if s3_unreachable(error):
+            raise unreachable(str(destination), error) from error
         raise OutputNotWritten(f"cannot upload {destination}: {type(error).__name__}: {error}") from error
 
 
@@ -188,7 +210,9 @@ def atomic_parquet(destination: str | Path, schema, info: dict):
                 yield writer
             finally:
                 writer.finish()
-        publish(temporary, destination, info)
+            if writer.info:
+                parquet.add_key_value_metadata(parquet_metadata(writer.info))
+        publish(temporary, destination, {**info, **writer.info})
 
 
 def output_info(destination: str | Path) -> dict | None:
@@ -206,6 +230,10 @@ def output_info(destination: str | Path) -> dict | None:
         except client.exceptions.ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
+            raise
+        except Exception as error:
+            if s3_unreachable(error):
+                raise unreachable(destination, error) from error
             raise
         meta = head.get("Metadata", {})
         return decode_info({name: meta.get(name.replace("_", "-")) for name in OUTPUT_INFO_FIELDS})
@@ -236,6 +264,8 @@ def scored_already(
     try:
         info = output_info(destination)
         rows = None if info is None or is_s3(destination) else output_rows(destination)
+    except StorageUnavailable:
+        raise
     except (OSError, ValueError) as error:  # a local file cut short; S3 errors are the endpoint's, and raise
         return False, f"existing output unreadable ({type(error).__name__})"
     if info is None:

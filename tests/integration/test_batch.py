@@ -25,6 +25,7 @@ from ride_duration.batch import months, output
 from ride_duration.data import add_duration, month_filename, read_month_file
 from ride_duration.features import frame_features
 from ride_duration.model import load_model
+from ride_duration.rides import MAX_LOCATION_ID, MAX_TRIP_DISTANCE
 from tests.batch_support import SCORE_PY, assert_clean_failure, import_score, run_cli
 from tests.helpers import ROOT, real_green_months, require_real_months, tracking_store
 
@@ -121,7 +122,8 @@ def test_real_green_months_are_there():
 
 @pytest.mark.parametrize("year, month", real_green_months(), ids=lambda v: f"{v:02d}")
 def test_every_real_green_month_scores_bit_identical_to_pipeline(year, month, model, lean_model, tmp_path):
-    """The month scores; each prediction equals pipeline.predict bit for bit.
+    """The month scores; each prediction equals pipeline.predict bit for bit, for every ride the web service
+    would accept; the others (real months have rides of thousands of miles) have none, and are counted.
 
     Scored as score.py does it (the model loaded without scikit-learn, the month never in pandas);
     the expected values come from scikit-learn's own pipeline and pandas' add_duration.
@@ -132,11 +134,17 @@ def test_every_real_green_month_scores_bit_identical_to_pipeline(year, month, mo
     scored = batch.read_output(result["output"])
 
     rides = add_duration(read_month_file(path, "green"), "green")
-    expected = model.pipeline.predict(frame_features(rides))
-    assert np.array_equal(scored["predicted_duration"].to_numpy(), expected)
+    accepted = (
+        rides["trip_distance"].between(0, MAX_TRIP_DISTANCE)
+        & rides["PULocationID"].between(1, MAX_LOCATION_ID)
+        & rides["DOLocationID"].between(1, MAX_LOCATION_ID)
+    ).to_numpy()
+    expected = np.where(accepted, model.pipeline.predict(frame_features(rides)), np.nan)
+    assert result["rejected"] == np.count_nonzero(~accepted)
+    assert np.array_equal(scored["predicted_duration"].to_numpy(), expected, equal_nan=True)
     assert result["rows"] == len(rides) == pq.ParquetFile(path).metadata.num_rows
     assert np.array_equal(scored["actual_duration"].to_numpy(), rides["duration"].to_numpy())
-    assert np.array_equal(scored["diff"].to_numpy(), rides["duration"].to_numpy() - expected)
+    assert np.array_equal(scored["diff"].to_numpy(), rides["duration"].to_numpy() - expected, equal_nan=True)
     assert scored["ride_id"].tolist() == [f"{year:04d}/{month:02d}_{i}" for i in range(len(rides))]
     assert np.array_equal(scored["PULocationID"].to_numpy(), rides["PULocationID"].to_numpy())
 

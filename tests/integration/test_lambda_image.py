@@ -35,7 +35,7 @@ def without_header(text: str) -> list[str]:
 
 def test_lambda_requirements_match_the_lock():
     fresh = subprocess.run(
-        [uv_or_fail(), "export", "--only-group", "lambda", "--no-hashes", "--no-emit-project", "--frozen"],
+        [uv_or_fail(), "export", "--only-group", "lambda", "--no-emit-project", "--frozen"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -44,7 +44,7 @@ def test_lambda_requirements_match_the_lock():
     assert fresh.returncode == 0, fresh.stderr
     committed = (STREAMING / "requirements.txt").read_text()
     assert without_header(committed) == without_header(fresh.stdout), (
-        "streaming/requirements.txt is stale: uv export --only-group lambda --no-hashes --no-emit-project "
+        "streaming/requirements.txt is stale: uv export --only-group lambda --no-emit-project "
         "-o streaming/requirements.txt"
     )
 

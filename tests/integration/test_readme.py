@@ -21,7 +21,7 @@ from ride_duration import local_stack
 from tests.helpers import ROOT, require_real_months
 from tests.readme_blocks import READMES, network_namespace_works, run_readme
 
-DEFAULT_PORTS = [4200, 4566, 5000, 9696]  # Prefect, moto_server, MLflow, the web service
+DEFAULT_PORTS = [4200, 4566, 5000, 9090, 9696]  # Prefect, moto_server, MLflow, Prometheus, the web service
 OWN_NETWORK = network_namespace_works()
 # What the READMEs' commands read: green 2021-01..05 (the tutorial, the backfills, the homework, the producer).
 REAL_MONTHS = [("green", 2021, m) for m in range(1, 6)]

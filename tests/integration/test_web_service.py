@@ -324,7 +324,6 @@ def test_requirements_are_in_sync_with_the_lock(tmp_path):
             "--frozen",
             "--only-group",
             "web",
-            "--no-hashes",
             "--no-emit-project",
             "-o",
             str(fresh),
@@ -372,12 +371,13 @@ def replay_dockerfile(app_root: Path, venv: Path) -> tuple[Path, dict, list[str]
                 else:
                     shutil.copy(ROOT / source, destination)
         elif instruction == "RUN" and arguments.startswith("pip install"):
-            assert arguments == "pip install -r requirements.txt"
+            assert arguments == "pip install --require-hashes -r requirements.txt"
             subprocess.run(
                 [
                     local_stack.uv_binary(),
                     "pip",
                     "install",
+                    "--require-hashes",
                     "--python",
                     str(venv / "bin" / "python"),
                     "-r",

@@ -10,7 +10,7 @@ import pytest
 
 from ride_duration import batch
 from ride_duration.batch import arrow
-from ride_duration.data import BadMonthFile, add_duration
+from ride_duration.data import add_duration
 from ride_duration.rides import ride_id
 
 
@@ -84,11 +84,13 @@ def test_ride_columns_have_one_dtype_across_file_types(pu_type, distance_type, u
     assert ride.fields["PULocationID"] is ride.pu
 
 
-def test_ride_columns_refuse_missing_zones_and_keep_missing_distances():
-    with pytest.raises(BadMonthFile, match="1 rides have no PULocationID"):
-        batch.ride_columns(rides_table(PULocationID=pa.array([10, None], type=pa.int64())), "green")
+def test_ride_columns_mark_rides_without_a_zone_or_a_distance_invalid():
+    ride = batch.ride_columns(rides_table(PULocationID=pa.array([10, None], type=pa.int64())), "green")
+    assert ride.valid.tolist() == [True, False] and ride.rejected == 1 and ride.pu.dtype == np.int64
     ride = batch.ride_columns(rides_table(trip_distance=pa.array([None, 2.0])), "green")
     assert np.isnan(ride.distance[0]) and ride.distance[1] == 2.0
+    assert ride.valid.tolist() == [False, True]
+    assert batch.ride_columns(rides_table(), "green").valid is None  # every ride valid: no mask at all
 
 
 def test_ride_columns_of_a_chunked_batch():

@@ -127,7 +127,7 @@ def test_staging_path_is_atomic_locally_and_temporary_for_s3(tmp_path):
         assert not destination.exists()
     assert destination.read_text() == "whole" and leftovers(tmp_path) == []
     with batch.staging_path("s3://bucket/green/2021-03.parquet") as staging:
-        assert staging.name == "2021-03.parquet"
+        assert staging.name.startswith(".scoring-2021-03.parquet.") and staging.name.endswith(".part")
         staging.write_text("to upload")
     assert not staging.exists()
 

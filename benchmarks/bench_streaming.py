@@ -62,6 +62,8 @@ def save_model(folder: Path) -> Path:
 
     from ride_duration import train
     from ride_duration.data import read_month, training_rides
+    from ride_duration.integrity import sha256_of
+    from ride_duration.settings import export
 
     rides = training_rides(read_month("green", 2021, 1, synthetic="fallback"), "green")
     pipeline = train.fit(train.make_pipeline(LinearRegression()), rides)
@@ -69,6 +71,7 @@ def save_model(folder: Path) -> Path:
     mlflow.sklearn.save_model(
         pipeline, str(path), serialization_format=train.SERIALIZATION_FORMAT, pip_requirements=train.PIP_REQUIREMENTS
     )
+    export({"MODEL_SHA256": sha256_of((path / "model.pkl").read_bytes())})  # as a deployment of this folder sets it
     return path
 
 

@@ -136,7 +136,8 @@ def fixed_model():
     actual = model_sha256()
     if actual != MODEL_SHA256:
         raise SystemExit(f"homework/model/model.pkl has sha256 {actual}, not the published {MODEL_SHA256}")
-    return load_model(str(MODEL_DIR))
+    checked = replace(Settings.from_environ(groups=("model",)), model_sha256=MODEL_SHA256)
+    return load_model(str(MODEL_DIR), settings=checked)
 
 
 def closest(options: list, value: float) -> str:
@@ -269,6 +270,7 @@ def stream_answer() -> str:
     handler_environment = {
         **local_stack.LOCAL_AWS_ENV,
         "MODEL_URI": str(MODEL_DIR),
+        "MODEL_SHA256": MODEL_SHA256,
         "PREDICTIONS_STREAM_NAME": "homework_predictions",
     }
     with tempfile.TemporaryDirectory() as folder:

@@ -29,10 +29,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ride_duration.behaviour import Finding, behaviour, describe, failures
-from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL, load_model, quiet_mlflow, tracking_uri
+from ride_duration.integrity import MODEL_SHA256_TAG
+from ride_duration.model import (
+    PRODUCTION_ALIAS,
+    REGISTERED_MODEL,
+    load_model,
+    quiet_mlflow,
+    tracking_uri,
+    version_model_id,
+)
 from ride_duration.serving import ServedModel, one_line, serve
 from ride_duration.settings import BATCH, Settings
-from ride_duration.train import EXPERIMENT, REAL_DATA, best_run, describe_data, validation_data
+from ride_duration.train import EXPERIMENT, REAL_DATA, best_run, describe_data, stored_sha256, validation_data
 
 CHALLENGER_ALIAS = "challenger"
 PREVIOUS_ALIAS = "previous"
@@ -60,12 +68,6 @@ def version_at(name: str, alias: str):
         return None
 
 
-def version_model_id(version) -> str:
-    """The logged model ("m-...") behind a registered version: the embedded store leaves model_id empty,
-    its source ("models:/m-...") names it."""
-    return version.model_id or version.source.removeprefix("models:/")
-
-
 @dataclass
 class Decision:
     """What the gate decided, and why."""
@@ -84,12 +86,18 @@ class Decision:
 
 
 def register_challenger(model_id: str, name: str = REGISTERED_MODEL):
-    """Register a logged model as a new version of `name` and point @challenger at it."""
+    """Register a logged model as a new version of `name` and point @challenger at it.
+
+    The version records the sha256 of its pickled file (tag model_sha256), which every load checks: the one
+    recorded when the model was logged, else that of the file as stored now.
+    """
     import mlflow
 
-    run = mlflow.get_run(client().get_logged_model(model_id).source_run_id)
+    logged = client().get_logged_model(model_id)
+    run = mlflow.get_run(logged.source_run_id)
     data = validation_data(run)
     tags = {
+        MODEL_SHA256_TAG: logged.tags.get(MODEL_SHA256_TAG) or stored_sha256(model_id),
         "validation_data": describe_data(data),
         "data_source": data["data_source"] or "unknown",
         "train_month": run.data.params.get("train_month", "unknown"),

@@ -5,10 +5,15 @@ Accepted URIs: `models:/ride-duration@production` (alias), `models:/m-...` (mode
 Registry URIs need MLflow and the tracking server; artifact URIs need neither (no `import mlflow`,
 which alone is most of a cold start), so a service started with one keeps working
 when the tracking server is down.
+
+Nothing in a model file runs before it is verified (ride_duration.integrity): a registry URI's model must have
+the sha256 its version (or its logged model) recorded, an artifact URI's the one MODEL_SHA256 gives (read
+only for those), and the pickle may name only the classes of a ride pipeline.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import tempfile
 from contextlib import contextmanager
@@ -17,6 +22,16 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ride_duration.features import CLIP_DISTANCE, LINEAR_REGRESSORS
+from ride_duration.integrity import (
+    MODEL_SHA256_TAG,
+    NUMPY_GLOBALS,
+    PIPELINE_CLASSES,
+    RestrictedUnpickler,
+    UntrustedModel,
+    check_sha256,
+    inside,
+    unpickle,
+)
 from ride_duration.settings import Settings, exported
 
 REGISTERED_MODEL = "ride-duration"
@@ -94,51 +109,77 @@ def load_model(uri: str, *, without_sklearn: bool = False, settings: Settings | 
     linear ride pipeline is then loaded as its fitted attributes, without importing scikit-learn
     (seconds of every cold start); `pipeline` is then only good for FastPredictor, which serves it
     exactly. Any other model loads as usual.
-    settings: where the tracking server is, for registry URIs (default: the environment's).
+    settings: where the tracking server is, for registry URIs, and the sha256 an artifact URI's model must
+    have (MODEL_SHA256; a registry URI's is the one its version recorded) or ALLOW_UNVERIFIED_MODEL;
+    default: the environment's.
     """
     if not uri:
         raise ModelLoadError("no model URI given (set MODEL_URI)")
+    settings = settings or Settings.from_environ(groups=("model",))
     scheme = urlparse(uri).scheme
     try:
-        if scheme in ("models", "runs"):
+        if scheme == "models":
             with registry_limits(settings):
-                return _load_from_mlflow(uri, without_sklearn, settings)
+                return _load_from_registry(uri, without_sklearn, settings)
+        checks = {"sha256": settings.model_sha256.strip() or None, "allow_unverified": settings.allow_unverified_model}
+        if scheme == "runs":
+            with registry_limits(settings):
+                return _load_from_mlflow(uri, without_sklearn, settings, checks)
         if scheme == "s3":
             with tempfile.TemporaryDirectory(prefix="model-") as folder:
                 _download_s3_folder(uri, Path(folder), settings)
-                return load_model_folder(Path(folder), uri, without_sklearn=without_sklearn)
+                return load_model_folder(Path(folder), uri, without_sklearn=without_sklearn, **checks)
         path = Path(urlparse(uri).path if scheme == "file" else uri)
-        return load_model_folder(path, uri, without_sklearn=without_sklearn)
+        return load_model_folder(path, uri, without_sklearn=without_sklearn, **checks)
     except ModelLoadError:
         raise
+    except UntrustedModel as error:
+        raise ModelLoadError(f"cannot load model {uri}: {error}") from None
     except Exception as error:
         reason = " ".join(str(error).split())  # one line, whatever the library's message looked like
         raise ModelLoadError(f"cannot load model {uri}: {type(error).__name__}: {reason}") from error
 
 
-def load_model_folder(folder: Path, uri: str | None = None, *, without_sklearn: bool = False) -> LoadedModel:
-    """Load an MLflow sklearn model folder (MLmodel + model.pkl, or model.skops); see load_model."""
+def load_model_folder(
+    folder: Path,
+    uri: str | None = None,
+    *,
+    without_sklearn: bool = False,
+    sha256: str | None = None,
+    allow_unverified: bool = False,
+) -> LoadedModel:
+    """Load an MLflow sklearn model folder (MLmodel + model.pkl, or model.skops); see load_model.
+
+    sha256: what the pickled file must hash to; it is read once, hashed, and only then unpickled. Without
+    one the model is refused, unless allow_unverified (ALLOW_UNVERIFIED_MODEL, for local work).
+    """
     import yaml
 
+    where = uri or folder
     mlmodel = folder / "MLmodel"
     if not mlmodel.is_file():
-        raise ModelLoadError(f"cannot load model {uri or folder}: no MLmodel file there")
+        raise ModelLoadError(f"cannot load model {where}: no MLmodel file there")
     info = yaml.safe_load(mlmodel.read_text())
-    flavor = info.get("flavors", {}).get("sklearn")
-    if flavor is None:
-        raise ModelLoadError(f"cannot load model {uri or folder}: not a scikit-learn model")
-    data = folder / flavor["pickled_model"]
-    if flavor.get("serialization_format") == "skops":
-        import skops.io
-
-        pipeline = skops.io.load(data, trusted=skops.io.get_untrusted_types(file=data))
-    else:
-        import pickle
-
-        pipeline = load_linear_pipeline(data) if without_sklearn else None
-        if pipeline is None:
-            with open(data, "rb") as f:
-                pipeline = pickle.load(f)  # only our own registry's models are loaded
+    flavor = info.get("flavors", {}).get("sklearn") if isinstance(info, dict) else None
+    if not isinstance(flavor, dict) or not isinstance(flavor.get("pickled_model"), str):
+        raise ModelLoadError(f"cannot load model {where}: not a scikit-learn model")
+    try:
+        path = inside(folder, flavor["pickled_model"])
+        if sha256 is None and not allow_unverified:
+            unknown = "the registry recorded none" if str(where).startswith("models:/") else "MODEL_SHA256 is not set"
+            raise UntrustedModel(
+                f"no sha256 to verify {path.name} against ({unknown}): set MODEL_SHA256 to its sha256 "
+                "(ALLOW_UNVERIFIED_MODEL=1 skips the check, for local work only)"
+            )
+        data = path.read_bytes()
+        if sha256 is not None:
+            check_sha256(data, sha256, path.name)
+        if flavor.get("serialization_format") == "skops":
+            pipeline = load_skops(data)
+        else:
+            pipeline = (load_linear_pipeline(data) if without_sklearn else None) or unpickle(data)
+    except UntrustedModel as error:
+        raise ModelLoadError(f"cannot load model {where}: {error}") from None
     model_id = info.get("model_id") or info.get("run_id") or "unknown"
     return LoadedModel(pipeline=pipeline, model_id=model_id, uri=uri or str(folder), info=info)
 
@@ -149,46 +190,54 @@ class FittedAttributes:
     pickled_class = ""  # e.g. "sklearn.pipeline.Pipeline"
 
 
-# The classes of a linear ride pipeline, and the numpy globals its arrays and scalars pickle with.
+def load_skops(data: bytes):
+    """A skops file's object, if it holds only PIPELINE_CLASSES and numpy's types; else UntrustedModel naming the rest."""
+    import skops.io
+
+    types = skops.io.get_untrusted_types(data=data)
+    allowed = PIPELINE_CLASSES | {f"{module}.{name}" for module, name in NUMPY_GLOBALS}
+    refused = sorted(set(types) - allowed)
+    if refused:
+        raise UntrustedModel(f"the skops file holds {', '.join(refused)}, not part of a ride pipeline: refused")
+    return skops.io.loads(data, trusted=types)
+
+
+# The classes of a linear ride pipeline: load_linear_pipeline unpickles them as FittedAttributes.
 STAND_IN_CLASSES = {
     "sklearn.pipeline.Pipeline",
     CLIP_DISTANCE,
     "sklearn.feature_extraction._dict_vectorizer.DictVectorizer",
     *LINEAR_REGRESSORS,
 }
-NUMPY_GLOBALS = {
-    (module, name)
-    for module in ("numpy", "numpy._core.multiarray", "numpy.core.multiarray")
-    for name in ("_reconstruct", "scalar", "ndarray", "dtype", "float64", "float32", "int64", "int32")
-}
 
 
-def load_linear_pipeline(path: Path):
+class NotStandIn(Exception):
+    """The pickle names an allowed class that is not a STAND_IN_CLASSES one (a forest): it needs scikit-learn."""
+
+
+class StandInUnpickler(RestrictedUnpickler):
+    def find_class(self, module, name):
+        qualified = f"{module}.{name}"
+        if qualified in STAND_IN_CLASSES:
+            return type(name, (FittedAttributes,), {"pickled_class": qualified})
+        if qualified in PIPELINE_CLASSES:
+            raise NotStandIn(qualified)
+        return super().find_class(module, name)  # numpy's globals; anything else is refused by name
+
+
+def load_linear_pipeline(data: bytes):
     """The pickled pipeline as FittedAttributes stand-ins if FastPredictor serves it whole, else None.
 
-    The pickle may name only STAND_IN_CLASSES and NUMPY_GLOBALS; anything else (another
-    estimator, a transformer) needs scikit-learn itself, and the caller unpickles it as usual.
+    The pickle may name only STAND_IN_CLASSES and numpy's globals (a class outside ALLOWED_GLOBALS is refused
+    here as in `unpickle`); another estimator of a ride pipeline needs scikit-learn itself, and the caller
+    unpickles it with `unpickle`.
     """
-    import pickle
-
     from ride_duration.features import FastPredictor
 
-    class Unknown(Exception):
-        pass
-
-    class StandInUnpickler(pickle.Unpickler):
-        def find_class(self, module, name):
-            if f"{module}.{name}" in STAND_IN_CLASSES:
-                return type(name, (FittedAttributes,), {"pickled_class": f"{module}.{name}"})
-            if (module, name) in NUMPY_GLOBALS:
-                return super().find_class(module, name)
-            raise Unknown(f"{module}.{name}")
-
-    with open(path, "rb") as f:
-        try:
-            pipeline = StandInUnpickler(f).load()  # only our own registry's models are loaded
-        except Unknown:
-            return None
+    try:
+        pipeline = StandInUnpickler(io.BytesIO(data)).load()
+    except NotStandIn:
+        return None
     return pipeline if FastPredictor(pipeline).linear else None
 
 
@@ -209,25 +258,62 @@ def _download_s3_folder(uri: str, dest: Path, settings: Settings | None = None) 
         raise ModelLoadError(f"cannot load model {uri}: nothing stored under that S3 prefix")
 
 
-def _load_from_mlflow(uri: str, without_sklearn: bool, settings: Settings | None) -> LoadedModel:
-    """A registry URI's model, read where it is stored if that is a local folder, else from a download.
+def _load_from_registry(uri: str, without_sklearn: bool, settings: Settings) -> LoadedModel:
+    """A `models:/` URI: the registry is asked first which version (or logged model) it is, where its files are
+    and the sha256 recorded for it, then the file is read and checked against that. An alias is resolved once,
+    so the version recorded is the version loaded."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    path = uri[len("models:/") :]
+    if path.startswith("m-"):
+        logged = client.get_logged_model(path)
+        recorded, registered, stored = logged.tags.get(MODEL_SHA256_TAG), None, logged.artifact_location
+    else:
+        version = registry_version(client, path)
+        recorded = version.tags.get(MODEL_SHA256_TAG) or (
+            client.get_logged_model(version_model_id(version)).tags.get(MODEL_SHA256_TAG)
+        )
+        registered = f"{version.name}/{version.version}"
+        stored = client.get_model_version_download_uri(version.name, version.version)
+    checks = {"sha256": recorded, "allow_unverified": settings.allow_unverified_model}
+    loaded = _load_from_mlflow(uri, without_sklearn, settings, checks, stored)
+    loaded.registered_version = registered
+    return loaded
+
+
+def registry_version(client, path: str):
+    """The model version `NAME@ALIAS` or `NAME/N` names (an MLflow ModelVersion)."""
+    if "@" in path:
+        return client.get_model_version_by_alias(*path.split("@", 1))
+    name, _, number = path.partition("/")
+    return client.get_model_version(name, number)
+
+
+def version_model_id(version) -> str:
+    """The logged model ("m-...") behind a registered version: the embedded store leaves model_id empty,
+    its source ("models:/m-...") names it."""
+    return version.model_id or version.source.removeprefix("models:/")
+
+
+def _load_from_mlflow(
+    uri: str, without_sklearn: bool, settings: Settings, checks: dict, stored: str | None = None
+) -> LoadedModel:
+    """A model MLflow keeps (at `stored`, else at uri itself: runs:/...), read where it is stored if that is a
+    local folder, else from a download.
 
     Nothing is written into the artifact store, which may be read-only: MLflow's own download of a
     `models:/` URI adds a file to the model's folder in a local store.
     """
     import mlflow
 
-    tracking = tracking_uri(settings)
-    mlflow.set_tracking_uri(tracking)
-    stored = artifact_uri(uri, settings) if uri.startswith("models:/") else uri
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    stored = stored or uri
     if urlparse(stored).scheme in ("", "file"):
-        loaded = load_model_folder(Path(urlparse(stored).path), uri, without_sklearn=without_sklearn)
-    else:
-        with tempfile.TemporaryDirectory(prefix="model-") as folder:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=stored, dst_path=folder))
-            loaded = load_model_folder(local, uri, without_sklearn=without_sklearn)
-    loaded.registered_version = _registered_version(uri, tracking)
-    return loaded
+        return load_model_folder(Path(urlparse(stored).path), uri, without_sklearn=without_sklearn, **checks)
+    with tempfile.TemporaryDirectory(prefix="model-") as folder:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=stored, dst_path=folder))
+        return load_model_folder(local, uri, without_sklearn=without_sklearn, **checks)
 
 
 def alias_of(uri: str) -> tuple[str, str] | None:
@@ -244,21 +330,6 @@ def resolve_alias(uri: str, settings: Settings | None = None) -> str:
     name, alias = alias_of(uri)
     with registry_limits(settings):
         return f"{name}/{MlflowClient(tracking_uri(settings)).get_model_version_by_alias(name, alias).version}"
-
-
-def _registered_version(uri: str, tracking: str) -> str | None:
-    """'name/version' for models:/name@alias and models:/name/version URIs."""
-    from mlflow import MlflowClient
-
-    path = uri[len("models:/") :] if uri.startswith("models:/") else ""
-    if not path or path.startswith("m-"):
-        return None
-    client = MlflowClient(tracking)
-    if "@" in path:
-        name, alias = path.split("@", 1)
-        return f"{name}/{client.get_model_version_by_alias(name, alias).version}"
-    name, _, version = path.partition("/")
-    return f"{name}/{version}" if version.isdigit() else None
 
 
 def artifact_uri(model_uri: str, settings: Settings | None = None) -> str:

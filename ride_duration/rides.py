@@ -8,7 +8,9 @@ where rides become the model's input; the adapters only move rides in and out.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from numbers import Integral, Real
 
 RIDE_FIELDS = ("PULocationID", "DOLocationID", "trip_distance")
@@ -24,6 +26,44 @@ RIDE_ID_FORMAT = "{year:04d}/{month:02d}_{row}"
 
 class BadRide(ValueError):
     """A ride that cannot be scored; the message says which field and why."""
+
+
+# JSON's \uXXXX escapes can spell half of a UTF-16 surrogate pair alone ("\ud800"): valid JSON syntax, but no
+# character, so no encoder can write it again (a response, a log line, a stream record). Whole pairs decode
+# to one character and are fine.
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def read_json(data: bytes):
+    """The JSON document in data (UTF-8); ValueError saying why not, also for a lone surrogate anywhere in it.
+
+    Both adapters read their input with it (a request body, a Kinesis record), so that text nothing can
+    encode is refused at the door, as bad input, and never reaches a message, a log or an output.
+    """
+    document = json.loads(data.decode())  # decoding first is cheaper than loads(bytes)
+    if SURROGATE_ESCAPE.search(data):  # the rare document with such an escape is searched in full
+        found = lone_surrogate(document)
+        if found is not None:
+            raise ValueError(f"{ascii(found)[1:-1]} is a lone UTF-16 surrogate, not a character")
+    return document
+
+
+def lone_surrogate(document) -> str | None:
+    """The first lone surrogate in any string of a JSON document (keys included), or None."""
+    pending = [document]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            found = LONE_SURROGATE.search(item)
+            if found:
+                return found.group()
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return None
 
 
 def ride_id(year: int, month: int, row: int) -> str:

@@ -50,6 +50,19 @@ class Settings:
         "the model to serve or score: `models:/NAME@ALIAS`, `models:/m-...`, `runs:/...`, or the artifact folder as `s3://`, `file://` or a path",
         group="model",
     )
+    model_sha256: str = variable(
+        "MODEL_SHA256",
+        "",
+        "for a `runs:/`, `s3://`, `file://` or path `MODEL_URI`: the sha256 of its `model.pkl` (`sha256sum model.pkl`), checked before anything in it is loaded (a `models:/` URI is checked against the hash the registry recorded instead)",
+        group="model",
+        shown="empty",
+    )
+    allow_unverified_model: bool = variable(
+        "ALLOW_UNVERIFIED_MODEL",
+        False,
+        "`1`: load a model whose sha256 nobody recorded (for local work only; a hash that does not match is refused anyway)",
+        group="model",
+    )
     model_poll_seconds: int = variable(
         "MODEL_POLL_SECONDS",
         30,

@@ -6,12 +6,14 @@ in seconds without running a notebook. Registering and promoting a model is ride
 
 from __future__ import annotations
 
+import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
 from ride_duration.features import ClipDistance, frame_features
+from ride_duration.integrity import MODEL_SHA256_TAG, inside, sha256_of
 from ride_duration.metrics import REFERENCE_KEY, reference_shares
 from ride_duration.model import quiet_mlflow, tracking_uri
 from ride_duration.settings import Settings
@@ -103,6 +105,7 @@ def log_pipeline(
 
     reference_rides (the validation month): the model keeps the distribution of its predictions on them in
     its MLmodel metadata, which the web service exports for its drift alert (web-service/monitoring/).
+    The logged model records the sha256 of its pickled file (tag model_sha256): loads through the registry check it.
     """
     import mlflow
 
@@ -117,13 +120,26 @@ def log_pipeline(
         if figure is not None:
             mlflow.log_figure(figure, "predicted_vs_actual.png")
         with quiet_mlflow():
-            return mlflow.sklearn.log_model(
+            info = mlflow.sklearn.log_model(
                 pipeline,
                 name="model",
                 pip_requirements=PIP_REQUIREMENTS,
                 serialization_format=SERIALIZATION_FORMAT,
                 metadata=metadata,
             )
+    mlflow.set_logged_model_tags(info.model_id, {MODEL_SHA256_TAG: stored_sha256(info.model_id)})
+    return info
+
+
+def stored_sha256(model_id: str) -> str:
+    """The sha256 of a logged model's pickled file as the artifact store holds it: what every load checks."""
+    import mlflow
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="model-") as folder:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=folder))
+        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["sklearn"]
+        return sha256_of(inside(local, flavor["pickled_model"]).read_bytes())
 
 
 # What a run was validated on, as notebook 01 logs it: params taxi_type and val_month, tag data_source

@@ -212,8 +212,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--model-uri",
-        help="the model's artifact URI (s3://..., no tracking server needed) or models:/NAME/VERSION: that model "
-        "for good; models:/NAME@ALIAS follows the alias (then pass --env MLFLOW_TRACKING_URI=...)",
+        help="the model's artifact URI (s3://..., no tracking server needed; pass --env MODEL_SHA256=<its sha256>) "
+        "or models:/NAME/VERSION: that model for good; models:/NAME@ALIAS follows the alias (then pass "
+        "--env MLFLOW_TRACKING_URI=...)",
     )
     parser.add_argument(
         "--env",

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ride_duration.kinesis import put_records
-from ride_duration.rides import BadRide
+from ride_duration.rides import BadRide, read_json
 from ride_duration.serving import ModelService
 from ride_duration.settings import STREAMING, Settings
 
@@ -31,7 +31,7 @@ def decode_record(record: dict) -> tuple:
     except (KeyError, TypeError, ValueError) as error:
         raise BadRecord(f"data is not base64: {error}") from error
     try:
-        event = json.loads(data.decode())  # JSON is UTF-8; decoding first is faster than loads(bytes)
+        event = read_json(data)  # JSON text, refusing a lone UTF-16 surrogate anywhere in it
     except (ValueError, RecursionError) as error:  # ValueError includes bad UTF-8
         raise BadRecord(f"data is not JSON: {error}") from error
     if not isinstance(event, dict) or "ride" not in event or "ride_id" not in event:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from ride_duration import local_stack
-from ride_duration.settings import exported
+from ride_duration.integrity import MODEL_SHA256_TAG
+from ride_duration.settings import export, exported
 from tests.helpers import IN_CI, has_real_month, register_stand_ins, registry_server, tracking_store
 
 # No test may reach real AWS: dummy credentials from the start; the moto fixture adds the endpoint.
@@ -65,7 +66,8 @@ def registered_model(tmp_path_factory, training_months):
     """A LinearRegression pipeline trained like notebook 01 (on plausible rides, its distance capped) and promoted
     through the gate like notebook 02, in an
     embedded tracking store of its own (use it with `tracking_store(model["tracking_uri"])`).
-    Returns the URIs and the in-memory pipeline."""
+    Returns the URIs, the sha256 its version recorded and the in-memory pipeline. That sha256 is exported as
+    MODEL_SHA256 for the session, as a deployment of the artifact URI sets it (registry URIs do not read it)."""
     from sklearn.linear_model import LinearRegression
 
     from ride_duration import lifecycle, train
@@ -102,7 +104,9 @@ def registered_model(tmp_path_factory, training_months):
             "pipeline": pipeline,
             "run": run,  # what it was logged with: params, metrics, tags
             "tracking_uri": uri,
+            "sha256": version.challenger.tags[MODEL_SHA256_TAG],
         }
+    export({"MODEL_SHA256": model["sha256"]})
     return model
 
 

@@ -31,7 +31,7 @@ from werkzeug.wsgi import get_content_length
 
 from ride_duration.metrics import PREDICTED_MINUTES_BUCKETS, MetricBuffer, bucket_bounds, reference_of
 from ride_duration.model import ModelLoadError
-from ride_duration.rides import BadRide
+from ride_duration.rides import BadRide, read_json
 from ride_duration.serving import POLL_OUTCOMES, ModelService, Poll, ServedModel
 from ride_duration.settings import WEB_SERVICE, SettingError, Settings
 
@@ -50,7 +50,7 @@ JSON_TYPES = {
 def parse_rides(body: bytes, max_rides: int) -> tuple[list[dict], bool]:
     """The validated rides in a request body, and whether it held one ride (not a list)."""
     try:
-        payload = json.loads(body.decode())  # JSON is UTF-8; decoding first is cheaper than loads(bytes)
+        payload = read_json(body)
     except (ValueError, RecursionError) as error:
         raise BadRequest(f"the body is not valid JSON: {error}") from None
     if isinstance(payload, dict):

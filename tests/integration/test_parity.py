@@ -30,6 +30,7 @@ from ride_duration import local_stack, train
 from ride_duration.batch import read_output
 from ride_duration.data import plausible_rides, read_month, training_rides, write_month_file
 from ride_duration.features import ride_features
+from ride_duration.integrity import MODEL_SHA256_TAG
 from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL, artifact_uri, load_model, quiet_mlflow
 from ride_duration.rides import validate_ride
 from ride_duration.serving import ModelService
@@ -78,14 +79,17 @@ def registered(pipeline, folder: Path) -> dict:
             "artifact_uri": artifact_uri(alias),
             "pipeline": pipeline,
             "tracking_uri": uri,
+            "sha256": MlflowClient().get_logged_model(info.model_id).tags[MODEL_SHA256_TAG],
         }
 
 
 @pytest.fixture(scope="module", params=["LinearRegression", "Ridge, distance capped", "random forest, 10 trees"])
 def served_model(request, tmp_path_factory, training_months) -> dict:
-    """Each kind of model notebook 01 trains, registered: the registered_model fixture's, and two more."""
+    """Each kind of model notebook 01 trains, registered: the registered_model fixture's, and two more (whose
+    sha256 is MODEL_SHA256 while their tests run, as a deployment of their artifact URI sets it)."""
     if request.param == "LinearRegression":
-        return request.getfixturevalue("registered_model")
+        yield request.getfixturevalue("registered_model")
+        return
     taxi = training_months["taxi_type"]
     month = read_month(taxi, *training_months["train"], synthetic=training_months["synthetic"])
     rides, _ = plausible_rides(training_rides(month, taxi))
@@ -93,7 +97,9 @@ def served_model(request, tmp_path_factory, training_months) -> dict:
         pipeline = train.fit(train.make_pipeline(Ridge(alpha=1.0), float(rides["trip_distance"].max())), rides)
     else:
         pipeline = train.fit_forest(rides, n_estimators=10)
-    return registered(pipeline, tmp_path_factory.mktemp("parity-model"))
+    model = registered(pipeline, tmp_path_factory.mktemp("parity-model"))
+    with exported({"MODEL_SHA256": model["sha256"]}):
+        yield model
 
 
 def trained_pipeline(rides, model, tmp_path):

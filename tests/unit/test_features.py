@@ -64,7 +64,8 @@ def test_unrecognised_pipeline_falls_back_to_its_own_predict(synthetic_rides):
 
 def test_loading_without_sklearn_serves_linear_pipelines_only(synthetic_rides, tmp_path):
     """load_model(without_sklearn=True): stand-ins for a linear ride pipeline, with or without a distance cap
-    (same answers), the real pipeline for anything else: another step, or a forest."""
+    (same answers), the real pipeline for a forest; a step no ride pipeline has is refused."""
+    import hashlib
     import pickle
 
     from sklearn.ensemble import RandomForestRegressor
@@ -72,7 +73,8 @@ def test_loading_without_sklearn_serves_linear_pipelines_only(synthetic_rides, t
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import MaxAbsScaler
 
-    from ride_duration.model import load_model
+    from ride_duration.model import ModelLoadError, load_model
+    from ride_duration.settings import Settings
 
     scaled = make_pipeline(DictVectorizer(), MaxAbsScaler(), LinearRegression())
     scaled.fit(frame_features(synthetic_rides), synthetic_rides["duration"])
@@ -94,8 +96,14 @@ def test_loading_without_sklearn_serves_linear_pipelines_only(synthetic_rides, t
         (folder / "MLmodel").write_text(
             "flavors:\n  sklearn:\n    pickled_model: model.pkl\n    serialization_format: pickle\nmodel_id: m-test\n"
         )
-        (folder / "model.pkl").write_bytes(pickle.dumps(pipeline))
-        loaded = load_model(str(folder), without_sklearn=True)
+        pickled = pickle.dumps(pipeline)
+        (folder / "model.pkl").write_bytes(pickled)
+        settings = Settings.from_environ({"MODEL_SHA256": hashlib.sha256(pickled).hexdigest()})
+        if name == "scaled":  # not a step of the project's pipelines: refused by name, unpickled by no one
+            with pytest.raises(ModelLoadError, match=r"names sklearn\.preprocessing\._data\.MaxAbsScaler"):
+                load_model(str(folder), without_sklearn=True, settings=settings)
+            continue
+        loaded = load_model(str(folder), without_sklearn=True, settings=settings)
         stand_ins = name in ("linear", "capped")
         assert isinstance(loaded.pipeline, type(pipeline)) != stand_ins, name
         fast = FastPredictor(loaded.pipeline)

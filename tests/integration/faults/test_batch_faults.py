@@ -23,7 +23,7 @@ from ride_duration import data, local_stack
 from ride_duration.batch import read_output
 from ride_duration.features import ride_features
 from ride_duration.rides import BadRide, validate_ride
-from ride_duration.settings import child_environment
+from ride_duration.settings import child_environment, exported
 from tests.batch_support import SCORE_PY, import_score, leftovers, month_file, run_cli
 from tests.helpers import stand_in_model
 
@@ -39,16 +39,20 @@ def model():
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory, model):
     """The stand-in model as the folder MLflow's sklearn flavour saves (MLmodel and model.pkl), for score.py as a
-    command (--model-uri file://...); written directly, since importing MLflow costs more than these tests."""
+    command (--model-uri file://...); written directly, since importing MLflow costs more than these tests.
+    Its sha256 is MODEL_SHA256 while the module's tests run, as a deployment of the folder sets it."""
+    import hashlib
     import pickle
 
     folder = tmp_path_factory.mktemp("model")
-    (folder / "model.pkl").write_bytes(pickle.dumps(model.pipeline))
+    pickled = pickle.dumps(model.pipeline)
+    (folder / "model.pkl").write_bytes(pickled)
     (folder / "MLmodel").write_text(
         f"model_id: {model.model_id}\n"
         "flavors:\n  sklearn:\n    pickled_model: model.pkl\n    serialization_format: pickle\n"
     )
-    return f"file://{folder}"
+    with exported({"MODEL_SHA256": hashlib.sha256(pickled).hexdigest()}):
+        yield f"file://{folder}"
 
 
 def score_command(*argv: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -401,7 +401,9 @@ def compute_key(variant: str) -> dict:
         march_rows = scored_month(model, 2021, 3, synthetic, march)
         april = scored_month(model, 2021, 4, synthetic, Path(folder) / "green-2021-04.parquet")
         values = {
-            "q1": float(march_rows["predicted_duration"].std()),  # as pandas takes it: rides with no prediction left out
+            "q1": float(
+                march_rows["predicted_duration"].std()
+            ),  # as pandas takes it: rides with no prediction left out
             "q2": march.stat().st_size / 1e6,
             "q5": float(april["predicted_duration"].mean()),
             "q6": float(model.pipeline.predict([ride_features(EXAMPLE_RIDE)])[0]),

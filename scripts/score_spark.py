@@ -37,7 +37,7 @@ from ride_duration.settings import DEFAULT_MODEL_URI, PROJECT_ROOT, SPARK, Setti
 
 
 sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
-from score import score_batch, served_model  # the batch scorer, exported from notebooks/score.ipynb
+from score import rejected_message, score_batch, served_model  # the batch scorer, exported from notebooks/score.ipynb
 
 
 MIN_JAVA = 17
@@ -184,13 +184,18 @@ def score_month(
     pickups.check()
     served = model_value(model)
     info = output_info_for(served.version, taxi_type, year, month, bool(synthetic), served.registered_version)
+    rejected = table.column("predicted_duration").null_count
     with atomic_parquet(destination, output_schema(taxi_type), info) as writer:
         for batch in table.to_batches(max_chunksize=BATCH_ROWS):
             writer.write_table(pa.Table.from_batches([batch]))
+        writer.info["rejected_rides"] = str(rejected)
+    if rejected:
+        print(f"{rejected_message(rejected, table.num_rows)} ({month_label(taxi_type, year, month)})", file=sys.stderr)
     return {
         "month": month_label(taxi_type, year, month),
         "status": "scored",
         "rows": table.num_rows,
+        "rejected": rejected,
         "seconds": round(time.perf_counter() - started, 3),
         "output": destination,
         "note": "SYNTHETIC" if synthetic else "",

@@ -53,6 +53,10 @@ TABLE = "month_metrics"
 KEY = ("taxi_type", "month", "model_version")
 
 
+class NoReferenceMonth(LookupError):
+    """The model's run names no validation month: there is nothing to compare its months with."""
+
+
 class ScoredMonthMismatch(ValueError):
     """A scored output that does not belong to the month it is monitored with (other rides, other ids)."""
 
@@ -142,7 +146,7 @@ def rides_frame(rides, predictions) -> pd.DataFrame:
 
     trip_distance is capped at MAX_PLAUSIBLE_MILES: every month has a few meter errors of thousands of
     miles, and a normed Wasserstein distance is in units of the reference's standard deviation, which
-    those records alone set (817 miles in green 2021-02). Capped, a meter error still counts as one long
+    those records alone set (hundreds of miles). Capped, a meter error still counts as one long
     ride, and the score follows the distances of real rides.
 
     rides: a frame with RIDE_FIELDS and `duration` (ride_duration.data.add_duration), or `actual_duration`.
@@ -309,7 +313,9 @@ def reference_month(model_version: str, settings: Settings | None = None) -> tup
 
     data = model_data(model_version, settings)
     if not data["taxi_type"] or not data["val_month"]:
-        raise LookupError(f"model {model_version} has no validation month in its run (params taxi_type, val_month)")
+        raise NoReferenceMonth(
+            f"model {model_version} has no validation month in its run (params taxi_type, val_month)"
+        )
     year, month = (int(part) for part in data["val_month"].split("-"))
     return data["taxi_type"], year, month
 
@@ -504,15 +510,15 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     parser.add_argument("--month", type=int, required=True)
     parser.add_argument("--scored", help="score.py's output (default: output/<taxi type>/<YYYY-MM>.parquet)")
     args = parser.parse_args(argv)
-    settings = Settings.from_environ(environ, groups=MONITORING)
     try:
+        settings = Settings.from_environ(environ, groups=MONITORING)
         row = monitor_scored_month(args.taxi_type, args.year, args.month, scored_path=args.scored, settings=settings)
     except (FileNotFoundError, ScoredMonthMismatch, LookupError, ModelLoadError, ValueError) as error:
         kind = "" if isinstance(error, (FileNotFoundError, ScoredMonthMismatch)) else f"{type(error).__name__}: "
         print(f"monitoring: error: {kind}{error}", file=sys.stderr)
         return 2
     print(row.verdict)
-    if row.rmse is not None:
+    if row.rmse is not None and row.reference_rmse is not None:
         print(f"  RMSE {row.rmse:.2f} min, {row.reference} {row.reference_rmse:.2f} min")
     print(f"  report: {report_path(row, settings)}")
     return 0

@@ -219,15 +219,22 @@ class RetrainingLoop:
     def after_scoring(self, taxi_type: str, year: int, month: int, scored_path) -> LoopStep:
         """Monitor a scored month and act on its verdict; the step is stored and returned, never raised."""
         from ride_duration.batch.output import output_info
+        from ride_duration.monitoring import NoReferenceMonth
 
-        info = output_info(scored_path) if self.installed else None
-        model_version = (info or {}).get("model_version") or ""
-        step = LoopStep(taxi_type, month_text(year, month), model_version, "not monitored")
-        if not self.installed or model_version in self.without_reference:
+        step = LoopStep(taxi_type, month_text(year, month), "", "not monitored")
+        if not self.installed:
+            return step
+        try:
+            step.model_version = output_info(scored_path).get("model_version") or ""
+        except Exception as error:  # the output cannot be read back: the month is scored, its monitoring failed
+            step.action, step.detail = "monitoring failed", one_line(error)
+            return self.record(step)
+        model_version = step.model_version
+        if model_version in self.without_reference:
             return step
         try:
             row = self.monitor(taxi_type, year, month, scored_path, model_version)
-        except LookupError as error:  # the model has no validation month: nothing to compare with
+        except NoReferenceMonth as error:  # nothing to compare with
             self.without_reference.add(model_version)
             step.detail = one_line(error)
             self.say(f"{taxi_type}/{step.month}: not monitored: {step.detail} (its months are scored unmonitored)")
@@ -311,7 +318,11 @@ class RetrainingLoop:
         step.detail = decision.reason
 
     def record(self, step: LoopStep) -> LoopStep:
-        store_step(step, self.settings.monitoring_url)
+        try:
+            store_step(step, self.settings.monitoring_url)
+        except Exception as error:  # the database: the step is still said and returned
+            self.say(f"{step.line()} (not stored: {one_line(error)})")
+            return step
         self.say(step.line())
         return step
 
@@ -320,14 +331,13 @@ def steps_table(metadata):
     """The table's columns follow LoopStep's fields; (taxi_type, month, model_version) is the key."""
     import sqlalchemy as sa
 
-    kinds = {"str": sa.String(1024), "bool": sa.Boolean()}
+    def kind(spec):
+        if spec.name in KEY:
+            return sa.String(256)  # keys are short; an index needs a bounded length
+        return sa.Boolean() if str(spec.type).startswith("bool") else sa.Text()
+
     return sa.Table(
-        TABLE,
-        metadata,
-        *(
-            sa.Column(spec.name, kinds[str(spec.type).split(" | ")[0]], primary_key=spec.name in KEY)
-            for spec in fields(LoopStep)
-        ),
+        TABLE, metadata, *(sa.Column(spec.name, kind(spec), primary_key=spec.name in KEY) for spec in fields(LoopStep))
     )
 
 

@@ -11,6 +11,7 @@ from ride_duration import retraining
 from ride_duration.batch import backfills
 from ride_duration.batch import cli as batch_cli
 from ride_duration.data import month_filename
+from ride_duration.monitoring import NoReferenceMonth
 from ride_duration.settings import Settings, exported
 from tests.batch_support import import_score, month_file
 from tests.helpers import stand_in_model
@@ -57,13 +58,13 @@ def test_a_model_without_a_validation_month_is_said_once_and_its_months_stay_unm
     lines.clear()  # what the loop said about the extra when it started
 
     def no_reference(*args):
-        raise LookupError("model m-stand-in has no validation month in its run")
+        raise NoReferenceMonth("model m-stand-in has no validation month in its run")
 
     loop.monitor = no_reference
     steps = [loop.after_scoring("green", 2021, month, scored[month]) for month in (3, 4)]
     assert [step.action for step in steps] == ["not monitored"] * 2
     assert lines == [
-        "green/2021-03: not monitored: LookupError: model m-stand-in has no validation month in its run "
+        "green/2021-03: not monitored: NoReferenceMonth: model m-stand-in has no validation month in its run "
         "(its months are scored unmonitored)"
     ]
 

@@ -266,7 +266,7 @@ def environment_names() -> list[str]:
 
 
 def markdown_table(group: str) -> str:
-    """The README table of one group's variables ("model", "web", "streaming", "local" or "monitoring")."""
+    """The README table of one group's variables ("model", "web", "streaming", "local", "monitoring" or "spark")."""
     lines = ["| Variable | Default | What it does |", "|---|---|---|"]
     for spec in fields(Settings):
         if spec.metadata["group"] != group:

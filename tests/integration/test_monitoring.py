@@ -8,6 +8,7 @@ validated on 2021-02, promoted to @production in a tracking store of its own).""
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 
 import numpy as np
@@ -137,20 +138,24 @@ def test_injected_drift_is_flagged_and_the_unchanged_month_is_not(production, se
     assert "DOLocationID" not in drifted.reasons  # only what changed is named
 
 
-def test_08_monitors_the_months_and_ends_where_the_retraining_loop_begins(settings, tmp_path):
-    """Notebook 08 on three months (the notebook's default is all eleven), against the session's model."""
+def test_08_monitors_the_months_retrains_on_a_flagged_one_and_leaves_the_aliases_as_it_found_them(settings, tmp_path):
+    """Notebook 08 on three months (the notebook's default is all eleven), against the session's model: the loop
+    retrains on 2024-03 (its one month from 2023 on), and the notebook's last cells put the aliases back."""
+    from ride_duration import lifecycle
+    from ride_duration.settings import exported
+
     environment = {
         "MONITORING_DB_URL": f"sqlite:///{tmp_path / 'monitoring.db'}",
         "MONITORING_REPORTS_DIR": str(tmp_path / "reports"),
-        "RETRAIN_FLAGGED_MONTHS": "0",  # the loop's cells record the flags; retraining would move the session's model
     }
-    from ride_duration.settings import exported
-
+    before = {alias: v and v.version for alias, v in lifecycle.status(settings=settings).items()}
     with exported(environment):
-        executed = run_notebook("08-monitor", {"months": ["2021-03", "2023-03", "2024-03"]}, output_dir=tmp_path)
+        executed = run_notebook("08-monitor", {"months": ["2021-03", "2022-01", "2024-03"]}, output_dir=tmp_path)
     text = executed.read_text()
     assert "green/2021-03: not flagged" in text and "green/2024-03: flagged" in text
-    assert "green/2024-03: flagged: " in text and "(retraining is off)" in text
+    loop_line = r"green/2024-03: flagged, retrained on 2023-02\+2023-03 \(validated on 2024-03\): version \d+ (promoted|refused)"
+    assert re.search(loop_line, text), "the loop did not retrain on 2024-03"
+    assert {alias: v and v.version for alias, v in lifecycle.status(settings=settings).items()} == before
     assert noise(executed) == [], "08-monitor has library noise in its outputs"
     stored = monitoring.read_metrics(environment["MONITORING_DB_URL"])
-    assert stored["month"].tolist() == ["2021-03", "2023-03", "2024-03"]
+    assert stored["month"].tolist() == ["2021-03", "2022-01", "2024-03"]

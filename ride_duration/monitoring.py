@@ -465,10 +465,15 @@ def _engine_and_table(url: str):
 def store_metrics(row: MonthMetrics, url: str | None = None) -> None:
     """Store a month's row; a row already there for the same taxi type, month and model version is replaced
     (in one transaction: a reader sees the old row or the new one)."""
-    engine, table = _engine_and_table(url or Settings.from_environ().monitoring_url)
     values = {
         key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in asdict(row).items()
     }
+    replace_row(*_engine_and_table(url or Settings.from_environ().monitoring_url), values)
+
+
+def replace_row(engine, table, values: dict) -> None:
+    """Insert a row of a table keyed by KEY, replacing the one with the same key, in one transaction; then
+    close the engine (the monitoring tables are written once a month, not worth a pool)."""
     try:
         with engine.begin() as connection:
             connection.execute(table.delete().where(*(table.c[key] == values[key] for key in KEY)))

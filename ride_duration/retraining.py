@@ -26,11 +26,11 @@ from datetime import UTC, datetime
 from ride_duration.data import MonthNotAvailable, month_label
 from ride_duration.lifecycle import PROMOTION_MARGIN, promote, register_challenger, version_at, version_model_id
 from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL
+from ride_duration.monitoring import KEY, NoReferenceMonth, replace_row
 from ride_duration.serving import one_line
 from ride_duration.settings import Settings
 
-TABLE = "loop_steps"
-KEY = ("taxi_type", "month", "model_version")
+TABLE = "loop_steps"  # keyed as the monitoring rows are (KEY)
 # Training months: two, as notebook 07's challenger; looked for at most this far back.
 RETRAIN_MONTHS = 2
 LOOK_BACK_MONTHS = 36
@@ -219,7 +219,6 @@ class RetrainingLoop:
     def after_scoring(self, taxi_type: str, year: int, month: int, scored_path) -> LoopStep:
         """Monitor a scored month and act on its verdict; the step is stored and returned, never raised."""
         from ride_duration.batch.output import output_info
-        from ride_duration.monitoring import NoReferenceMonth
 
         step = LoopStep(taxi_type, month_text(year, month), "", "not monitored")
         if not self.installed:
@@ -354,14 +353,7 @@ def _engine_and_table(url: str):
 
 def store_step(step: LoopStep, url: str | None = None) -> None:
     """Store a step; one already there for the same month and model version is replaced."""
-    engine, table = _engine_and_table(url or Settings.from_environ().monitoring_url)
-    values = asdict(step)
-    try:
-        with engine.begin() as connection:
-            connection.execute(table.delete().where(*(table.c[key] == values[key] for key in KEY)))
-            connection.execute(table.insert().values(**values))
-    finally:
-        engine.dispose()
+    replace_row(*_engine_and_table(url or Settings.from_environ().monitoring_url), asdict(step))
 
 
 def read_steps(url: str | None = None):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,19 +69,27 @@ def quiet_mlflow():
             logger.setLevel(level)
 
 
+_REGISTRY_LIMITS_LOCK = threading.RLock()
+
+
 @contextmanager
 def registry_limits(settings: Settings | None = None):
     """MLflow's request timeout and retries from settings, for the MLflow calls inside the block.
 
     MLflow's own defaults (a 120 s timeout, 7 retries with back-off) take minutes to give up on a tracking
-    server that is down; a start-up or a check of the alias should fail within seconds and say why.
+    server that is down; a start-up or a check of the alias should fail within seconds and say why. MLflow reads
+    them from the environment, which is the process's: one block at a time (a poll thread and a load would
+    otherwise restore each other's values out of order).
     """
     settings = settings or Settings.from_environ(groups=("model",))
-    with exported(
-        {
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(settings.mlflow_request_timeout),
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.mlflow_request_retries),
-        }
+    with (
+        _REGISTRY_LIMITS_LOCK,
+        exported(
+            {
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": str(settings.mlflow_request_timeout),
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.mlflow_request_retries),
+            }
+        ),
     ):
         yield
 

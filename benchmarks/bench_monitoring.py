@@ -26,7 +26,7 @@ from pathlib import Path
 
 from benchmarks import Table
 from benchmarks.bench_batch import SYNTHETIC_RIDES, bytecode_compiled, run_measured, score_py_command
-from ride_duration.settings import PROJECT_ROOT, child_environment
+from ride_duration.settings import PROJECT_ROOT, child_environment, exported
 
 REAL = {"current": ("green", 2021, 3), "reference": ("green", 2021, 2)}
 SYNTHETIC = {"current": ("yellow", 2022, 1), "reference": ("yellow", 2021, 12)}
@@ -64,7 +64,7 @@ def monitor_child(current: list[str], reference: list[str], scored_file: str, mo
 
 def prepare_model(folder: Path) -> str:
     """Notebook 01's pipeline (LinearRegression, distance capped) trained on the plausible rides of green
-    2021-01 (synthetic if absent), saved as an MLflow model folder; its path."""
+    2021-01 (synthetic if absent), saved as an MLflow model folder; its path (its sha256: model_sha256)."""
     import mlflow
     from sklearn.linear_model import LinearRegression
 
@@ -78,6 +78,13 @@ def prepare_model(folder: Path) -> str:
         pipeline, path, pip_requirements=train.PIP_REQUIREMENTS, serialization_format=train.SERIALIZATION_FORMAT
     )
     return str(path)
+
+
+def model_sha256(model_uri: str) -> str:
+    """What a deployment of this model folder sets as MODEL_SHA256."""
+    from ride_duration.integrity import sha256_of
+
+    return sha256_of((Path(model_uri) / "model.pkl").read_bytes())
 
 
 def synthetic_months(folder: Path) -> Path:
@@ -112,35 +119,36 @@ def run() -> list[Table]:
     with tempfile.TemporaryDirectory(prefix="bench-monitoring-") as tmp:
         folder = Path(tmp)
         model_uri = prepare_model(folder)
-        cases = []
-        if all((data_dir() / month_filename(*month)).exists() for month in REAL.values()):
-            cases.append(("real green 2021-03", REAL, child_environment({"PYTHONPATH": str(PROJECT_ROOT)})))
-        synthetic_data = synthetic_months(folder)
-        environment = child_environment({"PYTHONPATH": str(PROJECT_ROOT), "TAXI_DATA_DIR": str(synthetic_data)})
-        cases.append(("SYNTHETIC yellow 2022-01, 3M rides", SYNTHETIC, environment))
-        for label, months, env in cases:
-            scored = folder / f"{months['current'][0]}-scored.parquet"
-            taxi_type, year, month = months["current"]
-            source = Path(env.get("TAXI_DATA_DIR") or data_dir()) / month_filename(*months["current"])
-            _, wall, rss = run_measured(score_py_command(taxi_type, year, month, source, model_uri, scored), env)
-            table.rows.append([label, "", "score: scripts/score.py", wall, "", "", "", rss, ""])
-            command = [
-                sys.executable,
-                "-m",
-                "benchmarks.bench_monitoring",
-                json.dumps(months["current"]),
-                json.dumps(months["reference"]),
-                str(scored),
-                model_uri,
-                str(folder),
-            ]
-            stdout, wall, rss = run_measured(command, env)
-            found = json.loads(stdout.strip().splitlines()[-1])
-            table.rows[-1][1] = found["rides"]
-            step = "monitor: ride_duration.monitoring"
-            seconds = [found["import_seconds"], found["reference_seconds"], found["monitor_seconds"]]
-            row = [label, found["rides"], step, wall, *seconds, rss]
-            table.rows.append([*row, found["verdict"].split(": ", 1)[1][:40]])
+        with exported({"MODEL_SHA256": model_sha256(model_uri)}):  # for the child processes, this run only
+            cases = []
+            if all((data_dir() / month_filename(*month)).exists() for month in REAL.values()):
+                cases.append(("real green 2021-03", REAL, child_environment({"PYTHONPATH": str(PROJECT_ROOT)})))
+            synthetic_data = synthetic_months(folder)
+            environment = child_environment({"PYTHONPATH": str(PROJECT_ROOT), "TAXI_DATA_DIR": str(synthetic_data)})
+            cases.append(("SYNTHETIC yellow 2022-01, 3M rides", SYNTHETIC, environment))
+            for label, months, env in cases:
+                scored = folder / f"{months['current'][0]}-scored.parquet"
+                taxi_type, year, month = months["current"]
+                source = Path(env.get("TAXI_DATA_DIR") or data_dir()) / month_filename(*months["current"])
+                _, wall, rss = run_measured(score_py_command(taxi_type, year, month, source, model_uri, scored), env)
+                table.rows.append([label, "", "score: scripts/score.py", wall, "", "", "", rss, ""])
+                command = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.bench_monitoring",
+                    json.dumps(months["current"]),
+                    json.dumps(months["reference"]),
+                    str(scored),
+                    model_uri,
+                    str(folder),
+                ]
+                stdout, wall, rss = run_measured(command, env)
+                found = json.loads(stdout.strip().splitlines()[-1])
+                table.rows[-1][1] = found["rides"]
+                step = "monitor: ride_duration.monitoring"
+                seconds = [found["import_seconds"], found["reference_seconds"], found["monitor_seconds"]]
+                row = [label, found["rides"], step, wall, *seconds, rss]
+                table.rows.append([*row, found["verdict"].split(": ", 1)[1][:40]])
     load_after = os.getloadavg()
     table.note = (
         "process s: the whole process, start to exit (interpreter, imports, model loading, the work). "

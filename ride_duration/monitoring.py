@@ -484,13 +484,18 @@ def replace_row(engine, table, values: dict) -> None:
 
 def read_metrics(url: str | None = None) -> pd.DataFrame:
     """Every stored row, by taxi type, month and computed time (an empty frame with the columns if none)."""
+    return read_rows(*_engine_and_table(url or Settings.from_environ().monitoring_url), "computed_at")
+
+
+def read_rows(engine, table, time_column: str) -> pd.DataFrame:
+    """Every row of a table keyed by KEY, by taxi type, month and time_column (an empty frame with the columns if
+    none); then close the engine."""
     import pandas as pd
     import sqlalchemy as sa
 
-    engine, table = _engine_and_table(url or Settings.from_environ().monitoring_url)
     try:
         with engine.connect() as connection:
-            query = sa.select(table).order_by(table.c.taxi_type, table.c.month, table.c.computed_at)
+            query = sa.select(table).order_by(table.c.taxi_type, table.c.month, table.c[time_column])
             return pd.DataFrame(connection.execute(query).mappings().all(), columns=[c.name for c in table.columns])
     finally:
         engine.dispose()

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from ride_duration.data import MonthNotAvailable, month_label
 from ride_duration.lifecycle import PROMOTION_MARGIN, promote, register_challenger, version_at, version_model_id
 from ride_duration.model import PRODUCTION_ALIAS, REGISTERED_MODEL
-from ride_duration.monitoring import KEY, NoReferenceMonth, replace_row
+from ride_duration.monitoring import KEY, NoReferenceMonth, read_rows, replace_row
 from ride_duration.serving import one_line
 from ride_duration.settings import Settings
 
@@ -358,13 +358,4 @@ def store_step(step: LoopStep, url: str | None = None) -> None:
 
 def read_steps(url: str | None = None):
     """Every stored step, by taxi type, month and time (a DataFrame)."""
-    import pandas as pd
-    import sqlalchemy as sa
-
-    engine, table = _engine_and_table(url or Settings.from_environ().monitoring_url)
-    try:
-        with engine.connect() as connection:
-            query = sa.select(table).order_by(table.c.taxi_type, table.c.month, table.c.decided_at)
-            return pd.DataFrame(connection.execute(query).mappings().all(), columns=[c.name for c in table.columns])
-    finally:
-        engine.dispose()
+    return read_rows(*_engine_and_table(url or Settings.from_environ().monitoring_url), "decided_at")

@@ -4,8 +4,11 @@ Both as a reader runs them, each run its own process, timed from a small launche
 interpreter, imports, the JVM for Spark, model loading, reading, scoring, writing): Spark once for the first
 1, 5 and 11 real green months of TAXI_DATA_DIR in one run; score.py once per month (as a scheduler runs it),
 its total for the same months the sum. Both load the same LinearRegression pipeline from its artifact folder.
-The table gives seconds and rides per second; the bench also draws seconds against rides for both into
-images/spark-vs-score-py.png (make images does not redraw it: it needs the months and the spark extra).
+
+Spark runs as a reader's second and later runs do: its JVM starts from the class archive a first run wrote
+(a fresh one in the bench's folder; that first run's time is in the note), and once more without it
+(SPARK_CLASS_ARCHIVE=0). The table gives seconds and rides per second; the bench also draws seconds against
+rides into images/spark-vs-score-py.png (make images does not redraw it: it needs the months and the spark extra).
 
     python -m benchmarks spark      # after: uv sync --frozen --extra spark
 """
@@ -75,8 +78,20 @@ def draw_curve(points: dict[str, list[tuple[int, float]]], path: Path) -> Path:
     return path
 
 
-HEADERS = ["months", "rides", "score.py s", "score.py rides/s", "Spark s", "Spark rides/s", "Spark / score.py"]
+HEADERS = [
+    "months",
+    "rides",
+    "score.py s",
+    "score.py rides/s",
+    "Spark s",
+    "Spark rides/s",
+    "Spark / score.py",
+    "Spark, no class archive s",
+]
 TITLE = "Batch scoring on Spark beside score.py (real green months, same model)"
+SCORE_PY = "score.py (a process per month)"
+SPARK = "score_spark.py (local[2], one run)"
+SPARK_WITHOUT_ARCHIVE = "score_spark.py, no class archive"
 
 
 def run() -> list[Table]:
@@ -94,26 +109,30 @@ def run() -> list[Table]:
     with tempfile.TemporaryDirectory(prefix="bench-spark-") as folder:
         folder = Path(folder)
         model_uri = prepare_models(folder, kinds=("linear",))["linear"]
-        env = child_environment()
+        with_archive = child_environment({"SPARK_CLASS_ARCHIVE_DIR": str(folder / "spark-classes")})
+        without_archive = child_environment({"SPARK_CLASS_ARCHIVE": "0"})
         rides = [pq.read_metadata(path).num_rows for _, _, path in months]
         per_month = []
         for year, month, path in months:
             output = folder / "score" / month_filename("green", year, month)
-            _, seconds, _ = run_measured(score_py_command("green", year, month, path, model_uri, output), env)
+            _, seconds, _ = run_measured(score_py_command("green", year, month, path, model_uri, output), with_archive)
             per_month.append(seconds)
-        table = Table(
-            TITLE,
-            HEADERS,
-            note="score.py: one process per month, seconds summed; Spark: scripts/score_spark.py --master local[2], "
-            "all the months in one process (JVM start-up included). One run each, on a 2-core machine shared with "
-            f"other work. Curve: {CURVE.relative_to(PROJECT_ROOT)}.",
-        )
-        points = {"score.py (a process per month)": [], "score_spark.py (local[2], one run)": []}
+        _, first_run, _ = run_measured(score_spark_command(months[:1], model_uri, folder / "first"), with_archive)
+        points = {SCORE_PY: [], SPARK: [], SPARK_WITHOUT_ARCHIVE: []}
+        rows = []
         for count in MONTH_COUNTS:
             n_rides, plain = sum(rides[:count]), sum(per_month[:count])
-            _, spark, _ = run_measured(score_spark_command(months[:count], model_uri, folder / f"spark-{count}"), env)
-            table.rows.append([count, n_rides, plain, n_rides / plain, spark, n_rides / spark, f"{spark / plain:.2f}x"])
-            points["score.py (a process per month)"].append((n_rides, plain))
-            points["score_spark.py (local[2], one run)"].append((n_rides, spark))
+            command = score_spark_command(months[:count], model_uri, folder / f"spark-{count}")
+            _, spark, _ = run_measured(command, with_archive)
+            _, cold, _ = run_measured(command, without_archive)
+            rows.append([count, n_rides, plain, n_rides / plain, spark, n_rides / spark, f"{spark / plain:.2f}x", cold])
+            for label, seconds in ((SCORE_PY, plain), (SPARK, spark), (SPARK_WITHOUT_ARCHIVE, cold)):
+                points[label].append((n_rides, seconds))
         draw_curve(points, CURVE)
-    return [table]
+    note = (
+        "score.py: one process per month, seconds summed; Spark: scripts/score_spark.py --master local[2], all the "
+        "months in one process (JVM start-up included), its JVM started from the class archive a first run wrote "
+        f"(that first run, one month: {first_run:.1f} s), and once more without it. One run each, on a 2-core "
+        f"machine shared with other work. Curve: {CURVE.relative_to(PROJECT_ROOT)}."
+    )
+    return [Table(TITLE, HEADERS, rows, note)]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import os
 import pickle
 import re
 import subprocess
@@ -64,8 +66,8 @@ def java_major(version_text: str) -> int | None:
     return int(found.group(2) or 0) if major == 1 else major
 
 
-def check_java(settings: Settings) -> int:
-    """The major version of the Java Spark would start; JavaMissing if there is none, or it is older than 17."""
+def check_java(settings: Settings) -> str:
+    """What `java -version` says of the Java Spark would start; JavaMissing if there is none, or it is older than 17."""
     java = java_command(settings)
     try:
         shown = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
@@ -73,11 +75,69 @@ def check_java(settings: Settings) -> int:
         raise JavaMissing(
             f"Spark needs Java {MIN_JAVA}+, and {java} does not run ({one_line(error)}): {INSTALL_JAVA}"
         ) from None
-    major = java_major(shown.stderr + shown.stdout)
+    version = (shown.stderr + shown.stdout).strip()
+    major = java_major(version)
     if major is None or major < MIN_JAVA:
         found = f"Java {major}" if major else "no Java version"
         raise JavaMissing(f"Spark needs Java {MIN_JAVA}+, {java} is {found}: {INSTALL_JAVA}")
-    return major
+    return version
+
+
+# the quick compiler only; and no warning when an archive does not fit this JVM (it starts without it)
+LOCAL_JVM_OPTIONS = ["-XX:TieredStopAtLevel=1", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
+ARCHIVE_PART = re.compile(r"(?P<archive>.+\.jsa)\.(?P<pid>\d+)\.part")
+
+
+def class_archive(settings: Settings, java_version: str) -> Path | None:
+    """Where the class archive of this Java (all its `java -version` says) and this pyspark is kept; None if off."""
+    if not settings.spark_class_archive:
+        return None
+    import pyspark
+
+    made_with = f"{java_version}\n{pyspark.__version__}\n{Path(pyspark.__file__).parent}"
+    key = hashlib.sha256(made_with.encode()).hexdigest()[:12]
+    return settings.spark_class_archive_dir / f"spark-{pyspark.__version__}-{key}.jsa"
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def archive_options(archive: Path) -> list[str]:
+    """Start from the archive if a run made it; else have this JVM write it as it exits, to a part file of this
+    process that stop_spark publishes. Part files of processes that are gone (a notebook never stopped) are removed."""
+    if archive.is_file():
+        return [f'-XX:SharedArchiveFile="{archive}"']
+    try:
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        for part in archive.parent.glob("*.part"):
+            found = ARCHIVE_PART.fullmatch(part.name)
+            if found and not process_alive(int(found["pid"])):
+                part.unlink(missing_ok=True)
+    except OSError:  # a read-only place: start without an archive
+        return []
+    return [f'-XX:ArchiveClassesAtExit="{archive}.{os.getpid()}.part"']
+
+
+def publish_archive(part: Path, written: bool) -> None:
+    """The archive a JVM wrote as it exited becomes the one later runs start from (and replaces those of other
+    Java or pyspark versions in its folder); one from a JVM that did not exit cleanly is removed."""
+    if not part.is_file():
+        return
+    if not written:
+        part.unlink(missing_ok=True)
+        return
+    archive = part.with_name(ARCHIVE_PART.fullmatch(part.name)["archive"])
+    part.replace(archive)
+    for other in archive.parent.glob("spark-*.jsa"):
+        if other != archive:
+            other.unlink(missing_ok=True)
 
 
 SPARK_CONF = {
@@ -92,8 +152,10 @@ LOCAL_SPARK_CONF = {
 }
 
 
-def spark_session(master: str | None = None, app_name: str = "score_spark"):
-    """The SparkSession to score with: master "local[2]" starts one here; None joins spark-submit's (or starts local[*])."""
+def spark_session(master: str | None = None, app_name: str = "score_spark", *, archive: Path | None = None):
+    """The SparkSession to score with: master "local[2]" starts one here; None joins spark-submit's (or starts local[*]).
+
+    archive: the class archive a local JVM starts from, or writes (class_archive); stop the session with stop_spark."""
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
@@ -101,6 +163,8 @@ def spark_session(master: str | None = None, app_name: str = "score_spark"):
     conf = {**SPARK_CONF, **(LOCAL_SPARK_CONF if local else {})}
     if local:  # read by pyspark and Spark themselves; values already set win
         export_defaults({"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"})
+        jvm_options = [*LOCAL_JVM_OPTIONS, *(archive_options(archive) if archive else [])]
+        conf["spark.driver.extraJavaOptions"] = " ".join(jvm_options)
     warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
     if master:
         builder = builder.master(master)
@@ -110,6 +174,33 @@ def spark_session(master: str | None = None, app_name: str = "score_spark"):
     spark.sparkContext.setLogLevel("ERROR")
     spark.sparkContext.addPyFile(sys.modules[score_batch.__module__].__file__)  # score.py, on every executor
     return spark
+
+
+def stop_spark(spark, timeout: float = 120) -> None:
+    """Stop the session. A JVM this process started is ended too, and waited for (up to timeout seconds: it may
+    be writing the class archive), so that the archive it wrote is published before this process exits."""
+    from pyspark import SparkContext
+
+    options = spark.sparkContext.getConf().get("spark.driver.extraJavaOptions", "")
+    gateway = SparkContext._gateway
+    spark.stop()
+    jvm = getattr(gateway, "proc", None)
+    if jvm is None:  # spark-submit's JVM
+        return
+    writing = re.search(r'-XX:ArchiveClassesAtExit="([^"]+)"', options)
+    if writing:
+        print(f"Spark's JVM is writing its class archive for later local runs (once): {writing[1]}", file=sys.stderr)
+    jvm.stdin.close()  # pyspark's JVM exits when its standard input closes
+    try:
+        exited_cleanly = jvm.wait(timeout) == 0
+    except subprocess.TimeoutExpired:
+        jvm.kill()
+        jvm.wait()
+        exited_cleanly = False
+    gateway.close()
+    SparkContext._gateway = SparkContext._jvm = None  # a later session starts a JVM of its own
+    if writing:
+        publish_archive(Path(writing[1]), exited_cleanly)
 
 
 ROW_INDEX = "row_index"
@@ -292,15 +383,18 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     args = parser.parse_args(argv)
     try:
         months = months_asked(parser, args)  # a bad month fails before Java, Spark or the model
-        check_java(settings)
-        spark = spark_session(args.master)
-        summary = score_months(
-            spark, args.taxi_type, months, args.model_uri, args.output_root, input_root=args.input_root
-        )
+        java_version = check_java(settings)
+        spark = spark_session(args.master, archive=class_archive(settings, java_version))
+        try:
+            summary = score_months(
+                spark, args.taxi_type, months, args.model_uri, args.output_root, input_root=args.input_root
+            )
+            print(summary_table(summary), flush=True)
+        finally:
+            stop_spark(spark)
     except (JavaMissing, ModelLoadError, ValueError, OSError) as error:
         print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
         return 1
-    print(summary_table(summary))
     return 1 if any(row["status"] == "failed" for row in summary) else 0
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -22,11 +23,12 @@ pytest.importorskip("pyspark", reason="pyspark is the optional spark extra: make
 from ride_duration.batch import default_output
 from ride_duration.model import load_model
 from ride_duration.notebooks import noise
-from ride_duration.settings import child_environment
+from ride_duration.settings import SPARK, Settings, child_environment
 from tests.batch_support import import_score
 from tests.helpers import IN_CI, ROOT, real_green_months, require_real_months
 
 sys.path.insert(0, str(ROOT / "scripts"))
+import score_spark
 from run_notebooks import run_notebook
 
 SCORE_SPARK_PY = ROOT / "scripts" / "score_spark.py"
@@ -122,3 +124,29 @@ def test_notebook_runs_under_papermill_without_noise(registered_model, tmp_path)
     executed = run_notebook("09-spark", parameters, tmp_path / "runs")
     assert noise(executed) == []
     assert (tmp_path / "output" / "green" / "2021-01.parquet").is_file()
+
+
+def mapped_files(pid: int) -> str:
+    """The files a process has mapped into its memory (Linux)."""
+    return (Path("/proc") / str(pid) / "maps").read_text()
+
+
+def test_the_first_local_run_writes_the_class_archive_and_the_next_jvm_maps_it(tmp_path):
+    """Two sessions in this process, as a notebook that is run again: the first JVM writes the archive as it
+    exits, stop_spark publishes it, and the second JVM starts from it (the file is in its memory map)."""
+    from pyspark import SparkContext
+
+    settings = Settings.from_environ({"SPARK_CLASS_ARCHIVE_DIR": str(tmp_path / "classes")}, groups=SPARK)
+    archive = score_spark.class_archive(settings, score_spark.check_java(settings))
+    spark = score_spark.spark_session("local[1]", archive=archive)
+    assert spark.range(5).count() == 5
+    assert str(archive) not in mapped_files(SparkContext._gateway.proc.pid)
+    score_spark.stop_spark(spark)
+    assert archive.is_file() and [p.name for p in archive.parent.iterdir()] == [archive.name]
+
+    spark = score_spark.spark_session("local[1]", archive=archive)
+    jvm = SparkContext._gateway.proc
+    assert spark.range(5).count() == 5
+    assert str(archive) in mapped_files(jvm.pid)
+    score_spark.stop_spark(spark)
+    assert jvm.poll() == 0  # ended, and cleanly

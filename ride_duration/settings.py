@@ -205,6 +205,12 @@ class Settings:
         group="spark",
         shown="unset (`java` on the PATH)",
     )
+    spark_driver_memory: str = variable(
+        "SPARK_DRIVER_MEMORY",
+        "4g",
+        "the heap of the Spark driver `scripts/score_spark.py` starts (`spark.driver.memory`): it holds a whole scored month (about 320 MB per 3M rides, as Arrow) before writing it; locally it is the executor too",
+        group="spark",
+    )
     spark_class_archive: bool = variable(
         "SPARK_CLASS_ARCHIVE",
         True,

@@ -83,8 +83,14 @@ def check_java(settings: Settings) -> str:
     return version
 
 
-# the quick compiler only; and no warning when an archive does not fit this JVM (it starts without it)
-LOCAL_JVM_OPTIONS = ["-XX:TieredStopAtLevel=1", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
+# the quick compiler only; no warning when an archive does not fit this JVM (it starts without it); and out of
+# memory, exit: Spark's result thread would die and leave the job waiting for ever
+LOCAL_JVM_OPTIONS = [
+    "-XX:TieredStopAtLevel=1",
+    "-Xlog:cds=off",
+    "-Xlog:cds+dynamic=off",
+    "-XX:+ExitOnOutOfMemoryError",
+]
 ARCHIVE_PART = re.compile(r"(?P<archive>.+\.jsa)\.(?P<pid>\d+)\.part")
 
 
@@ -152,15 +158,22 @@ LOCAL_SPARK_CONF = {
 }
 
 
-def spark_session(master: str | None = None, app_name: str = "score_spark", *, archive: Path | None = None):
+def spark_session(
+    master: str | None = None,
+    app_name: str = "score_spark",
+    *,
+    archive: Path | None = None,
+    driver_memory: str = Settings().spark_driver_memory,
+):
     """The SparkSession to score with: master "local[2]" starts one here; None joins spark-submit's (or starts local[*]).
 
-    archive: the class archive a local JVM starts from, or writes (class_archive); stop the session with stop_spark."""
+    archive: the class archive a local JVM starts from, or writes (class_archive); stop the session with stop_spark.
+    driver_memory: the heap of a driver JVM this process starts (a JVM spark-submit started keeps its own)."""
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
     local = (master or "local").startswith("local")
-    conf = {**SPARK_CONF, **(LOCAL_SPARK_CONF if local else {})}
+    conf = {**SPARK_CONF, **(LOCAL_SPARK_CONF if local else {}), "spark.driver.memory": driver_memory}
     if local:  # read by pyspark and Spark themselves; values already set win
         export_defaults({"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"})
         jvm_options = [*LOCAL_JVM_OPTIONS, *(archive_options(archive) if archive else [])]
@@ -181,10 +194,12 @@ def stop_spark(spark, timeout: float = 120) -> None:
     be writing the class archive), so that the archive it wrote is published before this process exits."""
     from pyspark import SparkContext
 
-    options = spark.sparkContext.getConf().get("spark.driver.extraJavaOptions", "")
     gateway = SparkContext._gateway
-    spark.stop()
     jvm = getattr(gateway, "proc", None)
+    if jvm is not None and jvm.poll() is not None:  # it died (out of memory): nothing left to stop or publish
+        return
+    options = spark.sparkContext.getConf().get("spark.driver.extraJavaOptions", "")
+    spark.stop()
     if jvm is None:  # spark-submit's JVM
         return
     writing = re.search(r'-XX:ArchiveClassesAtExit="([^"]+)"', options)
@@ -201,6 +216,14 @@ def stop_spark(spark, timeout: float = 120) -> None:
     SparkContext._gateway = SparkContext._jvm = None  # a later session starts a JVM of its own
     if writing:
         publish_archive(Path(writing[1]), exited_cleanly)
+
+
+def jvm_exit_code() -> int | None:
+    """The exit code of the JVM this process started, once it has exited; None while it runs (or is not ours)."""
+    from pyspark import SparkContext
+
+    jvm = getattr(SparkContext._gateway, "proc", None)
+    return None if jvm is None else jvm.poll()
 
 
 ROW_INDEX = "row_index"
@@ -323,7 +346,10 @@ def score_months(
             return score_month(spark, model, taxi_type, *year_month, source, destination, synthetic=synthetic)
         except (ValueError, OSError, PySparkException) as error:
             row = {"month": month_label(taxi_type, *year_month), "status": "failed", "rows": None, "seconds": None}
-            return {**row, "output": destination, "note": one_line(error)}
+            exited, note = jvm_exit_code(), one_line(error)
+            if exited is not None:
+                note = f"Spark's JVM exited (code {exited}; out of memory? SPARK_DRIVER_MEMORY sets its heap)"
+            return {**row, "output": destination, "note": note}
 
     with ThreadPoolExecutor(max_workers=spark.sparkContext.defaultParallelism) as pool:
         return list(pool.map(one, months))
@@ -384,7 +410,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     try:
         months = months_asked(parser, args)  # a bad month fails before Java, Spark or the model
         java_version = check_java(settings)
-        spark = spark_session(args.master, archive=class_archive(settings, java_version))
+        archive = class_archive(settings, java_version)
+        spark = spark_session(args.master, archive=archive, driver_memory=settings.spark_driver_memory)
         try:
             summary = score_months(
                 spark, args.taxi_type, months, args.model_uri, args.output_root, input_root=args.input_root

@@ -20,7 +20,9 @@ import pytest
 
 pytest.importorskip("pyspark", reason="pyspark is the optional spark extra: make test-spark")
 
+from ride_duration import data
 from ride_duration.batch import default_output
+from ride_duration.data import month_filename
 from ride_duration.model import load_model
 from ride_duration.notebooks import noise
 from ride_duration.settings import SPARK, Settings, child_environment
@@ -36,7 +38,7 @@ NOTEBOOK = ROOT / "notebooks" / "09-spark.ipynb"
 REAL_GREEN_MONTHS_IN_CI = 11  # the months CI's TAXI_DATA_DIR holds
 
 
-def run_score_spark(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+def run_score_spark(args: list[str], timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """scripts/score_spark.py as a reader runs it, on two local cores."""
     return subprocess.run(
         [sys.executable, str(SCORE_SPARK_PY), "--master", "local[2]", *args],
@@ -44,7 +46,7 @@ def run_score_spark(args: list[str], timeout: float = 600) -> subprocess.Complet
         text=True,
         timeout=timeout,
         cwd=ROOT,
-        env=child_environment(),
+        env=child_environment(env),
     )
 
 
@@ -150,3 +152,41 @@ def test_the_first_local_run_writes_the_class_archive_and_the_next_jvm_maps_it(t
     assert str(archive) in mapped_files(jvm.pid)
     score_spark.stop_spark(spark)
     assert jvm.poll() == 0  # ended, and cleanly
+
+
+def test_a_month_of_3m_rides_is_scored_as_score_py_scores_it_and_without_the_heap_it_fails_alone(
+    registered_model, tmp_path
+):
+    """A large month (as a yellow month is): scored with the default driver heap, equal to score.py; with a heap
+    too small, the JVM exits (Spark's result thread would die and leave the job waiting for ever), the month is
+    a failed line naming SPARK_DRIVER_MEMORY, and nothing is written."""
+    month = data.write_month_file(
+        data.synthetic_month("yellow", 2022, 1, n_rides=3_000_000),
+        tmp_path / "data" / month_filename("yellow", 2022, 1),
+    )
+    uri = registered_model["artifact_uri"]
+    args = ["--taxi-type", "yellow", "--month", "2022-01", "--model-uri", uri]
+    scored = run_score_spark(
+        [*args, "--output-root", str(tmp_path / "spark")], env={"TAXI_DATA_DIR": str(month.parent)}
+    )
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    score = import_score()
+    plain = score.score_month(
+        "yellow",
+        2022,
+        1,
+        score.served_model(load_model(uri, without_sklearn=True)),
+        tmp_path / "score.parquet",
+        input_file=month,
+    )
+    assert plain["rows"] == 3_000_000
+    assert_same_file(default_output("yellow", 2022, 1, tmp_path / "spark"), plain["output"])
+
+    starved = run_score_spark(
+        [*args, "--output-root", str(tmp_path / "starved")],
+        timeout=300,
+        env={"TAXI_DATA_DIR": str(month.parent), "SPARK_DRIVER_MEMORY": "1g"},
+    )
+    assert starved.returncode == 1
+    assert "Spark's JVM exited" in starved.stdout and "SPARK_DRIVER_MEMORY" in starved.stdout, starved.stdout
+    assert not list((tmp_path / "starved").rglob("*.parquet*"))

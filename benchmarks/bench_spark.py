@@ -4,6 +4,7 @@ Both as a reader runs them, each run its own process, timed from a small launche
 interpreter, imports, the JVM for Spark, model loading, reading, scoring, writing): Spark once for the first
 1, 5 and 11 real green months of TAXI_DATA_DIR in one run; score.py once per month (as a scheduler runs it),
 its total for the same months the sum. Both load the same LinearRegression pipeline from its artifact folder.
+The ways alternate, month count after month count, for ROUNDS rounds; the table gives the medians.
 
 Spark runs as a reader's second and later runs do: its JVM starts from the class archive a first run wrote
 (a fresh one in the bench's folder; that first run's time is in the note), and once more without it
@@ -20,11 +21,12 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import Table
-from benchmarks.bench_batch import prepare_models, run_measured, score_py_command
+from benchmarks.bench_batch import median, prepare_models, run_measured, score_py_command
 from ride_duration.data import data_dir, month_filename
 from ride_duration.settings import PROJECT_ROOT, child_environment
 
 MONTH_COUNTS = (1, 5, 11)
+ROUNDS = 3
 CURVE = PROJECT_ROOT / "images" / "spark-vs-score-py.png"
 
 
@@ -112,27 +114,36 @@ def run() -> list[Table]:
         with_archive = child_environment({"SPARK_CLASS_ARCHIVE_DIR": str(folder / "spark-classes")})
         without_archive = child_environment({"SPARK_CLASS_ARCHIVE": "0"})
         rides = [pq.read_metadata(path).num_rows for _, _, path in months]
-        per_month = []
-        for year, month, path in months:
-            output = folder / "score" / month_filename("green", year, month)
-            _, seconds, _ = run_measured(score_py_command("green", year, month, path, model_uri, output), with_archive)
-            per_month.append(seconds)
+
+        def score_py_total(count: int) -> float:
+            total = 0.0
+            for year, month, path in months[:count]:
+                output = folder / "score" / month_filename("green", year, month)
+                command = score_py_command("green", year, month, path, model_uri, output)
+                total += run_measured(command, with_archive)[1]
+            return total
+
         _, first_run, _ = run_measured(score_spark_command(months[:1], model_uri, folder / "first"), with_archive)
-        points = {SCORE_PY: [], SPARK: [], SPARK_WITHOUT_ARCHIVE: []}
+        seconds = {(way, count): [] for way in (SCORE_PY, SPARK, SPARK_WITHOUT_ARCHIVE) for count in MONTH_COUNTS}
+        for _ in range(ROUNDS):
+            for count in MONTH_COUNTS:
+                command = score_spark_command(months[:count], model_uri, folder / f"spark-{count}")
+                seconds[SCORE_PY, count].append(score_py_total(count))
+                seconds[SPARK, count].append(run_measured(command, with_archive)[1])
+                seconds[SPARK_WITHOUT_ARCHIVE, count].append(run_measured(command, without_archive)[1])
+        points = {way: [] for way in (SCORE_PY, SPARK, SPARK_WITHOUT_ARCHIVE)}
         rows = []
         for count in MONTH_COUNTS:
-            n_rides, plain = sum(rides[:count]), sum(per_month[:count])
-            command = score_spark_command(months[:count], model_uri, folder / f"spark-{count}")
-            _, spark, _ = run_measured(command, with_archive)
-            _, cold, _ = run_measured(command, without_archive)
+            n_rides = sum(rides[:count])
+            plain, spark, cold = (median(seconds[way, count]) for way in (SCORE_PY, SPARK, SPARK_WITHOUT_ARCHIVE))
             rows.append([count, n_rides, plain, n_rides / plain, spark, n_rides / spark, f"{spark / plain:.2f}x", cold])
-            for label, seconds in ((SCORE_PY, plain), (SPARK, spark), (SPARK_WITHOUT_ARCHIVE, cold)):
-                points[label].append((n_rides, seconds))
+            for way, value in ((SCORE_PY, plain), (SPARK, spark), (SPARK_WITHOUT_ARCHIVE, cold)):
+                points[way].append((n_rides, value))
         draw_curve(points, CURVE)
     note = (
         "score.py: one process per month, seconds summed; Spark: scripts/score_spark.py --master local[2], all the "
         "months in one process (JVM start-up included), its JVM started from the class archive a first run wrote "
-        f"(that first run, one month: {first_run:.1f} s), and once more without it. One run each, on a 2-core "
-        f"machine shared with other work. Curve: {CURVE.relative_to(PROJECT_ROOT)}."
+        f"(that first run, one month: {first_run:.1f} s), and once more without it. Medians of {ROUNDS} rounds, the "
+        f"ways alternating, on a 2-core machine shared with other work. Curve: {CURVE.relative_to(PROJECT_ROOT)}."
     )
     return [Table(TITLE, HEADERS, rows, note)]

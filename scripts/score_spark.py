@@ -106,6 +106,7 @@ def class_archive(settings: Settings, java_version: str) -> Path | None:
 
 
 def process_alive(pid: int) -> bool:
+    """Whether the process that named a part file still runs (and may still be writing it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -12,12 +12,17 @@ from ride_duration.settings import PROJECT_ROOT
 SCORE_PY = PROJECT_ROOT / "scripts" / "score.py"
 
 
-def import_score():
-    """scripts/score.py as a module (the exported code, not the notebook)."""
-    spec = importlib.util.spec_from_file_location("score", SCORE_PY)
+def import_script(path: Path):
+    """An exported script as a module, named after its file (the exported code, not the notebook)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def import_score():
+    """scripts/score.py as a module."""
+    return import_script(SCORE_PY)
 
 
 def month_file(folder: Path, year: int, month: int, *, synthetic: bool, n_rides: int = 500) -> Path:

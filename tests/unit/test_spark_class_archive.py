@@ -4,26 +4,18 @@ tests/integration/test_spark.py's."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from ride_duration.settings import PROJECT_ROOT, Settings
+from tests.batch_support import import_script
 
 SCORE_SPARK_PY = PROJECT_ROOT / "scripts" / "score_spark.py"
 
 
-def import_score_spark():
-    """scripts/score_spark.py as a module (pyspark itself is imported only once a session starts)."""
-    spec = importlib.util.spec_from_file_location("score_spark", SCORE_SPARK_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-score_spark = import_score_spark()
+score_spark = import_script(SCORE_SPARK_PY)  # pyspark itself is imported only once a session starts
 
 
 def gone_pid() -> int:

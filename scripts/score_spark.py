@@ -156,6 +156,7 @@ LOCAL_SPARK_CONF = {
     "spark.driver.bindAddress": "127.0.0.1",
     "spark.driver.host": "127.0.0.1",
     "spark.ui.enabled": "false",
+    "spark.python.daemon.module": "ride_duration.spark_daemon",  # workers import the installed, compiled pyspark
 }
 
 
@@ -230,11 +231,35 @@ def jvm_exit_code() -> int | None:
 ROW_INDEX = "row_index"
 
 
+def footer_schema(path: str, columns: list[str]):
+    """The Spark schema of a parquet file's columns, from its footer, read here if the file is on this machine.
+    None to let Spark read the footer itself: a remote file, a missing column, an INT96 timestamp (Spark
+    reads it as a time zone's), or a type pyspark does not map from Arrow."""
+    import pyarrow.parquet as pq
+    from pyspark.errors import PySparkException
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    if not Path(path).is_file():
+        return None
+    parquet = pq.ParquetFile(path)
+    stored = {parquet.schema.column(i).name: parquet.schema.column(i).physical_type for i in range(len(parquet.schema))}
+    if any(stored.get(name) in (None, "INT96") for name in columns):
+        return None
+    fields = [parquet.schema_arrow.field(name) for name in columns]
+    try:
+        return from_arrow_schema(pa.schema(fields), prefer_timestamp_ntz=True)
+    except PySparkException:
+        return None
+
+
 def month_rides(spark, path: str, taxi_type: str):
     """A month file's rides as a Spark DataFrame: the columns score.py reads, and each ride's row number."""
     from pyspark.sql import functions as F
 
-    return spark.read.parquet(path).select(*input_columns(taxi_type), F.col("_metadata.row_index").alias(ROW_INDEX))
+    columns = input_columns(taxi_type)
+    schema = footer_schema(path, columns)
+    reader = spark.read if schema is None else spark.read.schema(schema)
+    return reader.parquet(path).select(*columns, F.col("_metadata.row_index").alias(ROW_INDEX))
 
 
 def broadcast_model(spark, served):

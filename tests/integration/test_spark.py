@@ -190,3 +190,52 @@ def test_a_month_of_3m_rides_is_scored_as_score_py_scores_it_and_without_the_hea
     assert starved.returncode == 1
     assert "Spark's JVM exited" in starved.stdout and "SPARK_DRIVER_MEMORY" in starved.stdout, starved.stdout
     assert not list((tmp_path / "starved").rglob("*.parquet*"))
+
+
+@pytest.fixture
+def local_spark():
+    """A local session as score_spark.py starts one, stopped after the test."""
+    spark = score_spark.spark_session("local[1]")
+    yield spark
+    score_spark.stop_spark(spark)
+
+
+def where_pyspark_comes_from(batches):
+    """mapInArrow's function: the file the worker imported pyspark from, and whether pyspark.zip is on its path."""
+    import pyspark
+
+    for _ in batches:
+        zipped = any(entry.endswith("pyspark.zip") for entry in sys.path)
+        yield pa.RecordBatch.from_pydict({"file": [pyspark.__file__], "zipped": [zipped]})
+
+
+def test_local_python_workers_import_the_installed_compiled_pyspark(local_spark):
+    """Spark puts its pyspark.zip first on the workers' path; the workers forked from ride_duration.spark_daemon
+    import the installed pyspark, as this process does, and the zip is off their path."""
+    import pyspark
+
+    (worker,) = (
+        local_spark.range(1, numPartitions=1)
+        .mapInArrow(where_pyspark_comes_from, "file string, zipped boolean")
+        .collect()
+    )
+    assert worker.file == pyspark.__file__ and not worker.zipped, worker
+
+
+def test_the_schema_read_from_a_footer_is_the_one_spark_reads(local_spark, tmp_path):
+    """For every real green month (2023-02's int32 zone ids included) footer_schema is what Spark itself reads;
+    a remote file, and a file with INT96 timestamps (which Spark reads as a time zone's), are left to Spark."""
+    months = real_green_months()
+    if not months:
+        require_real_months(("green", 2021, 1))
+    columns = score_spark.input_columns("green")
+    for year, month in months:
+        path = str(data.locate_month("green", year, month, allow_download=False))
+        assert score_spark.footer_schema(path, columns) == local_spark.read.parquet(path).select(*columns).schema, path
+
+    assert score_spark.footer_schema("s3a://bucket/green_tripdata_2021-01.parquet", columns) is None
+    int96 = tmp_path / "int96.parquet"
+    rides = pq.read_table(data.locate_month("green", *months[0], allow_download=False), columns=columns).slice(0, 100)
+    pq.write_table(rides, int96, use_deprecated_int96_timestamps=True)
+    assert score_spark.footer_schema(str(int96), columns) is None
+    assert score_spark.month_rides(local_spark, str(int96), "green").count() == 100

@@ -214,7 +214,7 @@ class Settings:
     spark_class_archive: bool = variable(
         "SPARK_CLASS_ARCHIVE",
         True,
-        "`0`: a local Spark run neither writes nor uses the JVM class archive (`1`: the first run writes it, taking about 20 s longer, and later runs start from it, 7 to 8 s sooner here)",
+        "`0`: a local Spark run neither writes nor uses the JVM class archive (`1`: the first run writes it, taking about half a minute longer, and later runs start from it, 5 to 7 s sooner here)",
         group="spark",
         shown="`1`",
     )

@@ -1,9 +1,9 @@
 """The daemon a local Spark forks its Python workers from: pyspark's own, importing the installed pyspark.
 
 Spark puts its zipped copy of pyspark (SPARK_HOME/python/lib/pyspark.zip) first on its Python workers' path.
-Python keeps no compiled bytecode for a zip, so each worker compiles pyspark from source, and then reads the
-zip's index again for every package it imported from it when the task's files join the path
-(`importlib.invalidate_caches`). When pyspark is installed the usual way (pip, uv), the zip sits inside the
+Python keeps no compiled bytecode for a zip, so the daemon and each worker compile what they import of pyspark
+from source, and each worker reads the zip's index again for every package taken from it when the task's files
+join the path (`importlib.invalidate_caches`). When pyspark is installed the usual way (pip, uv), the zip sits inside the
 installed package and holds the same files: this daemon takes it off the path, and its workers import the
 installed, compiled pyspark. A zip of another Spark (SPARK_HOME elsewhere) is left in place.
 
